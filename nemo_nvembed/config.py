@@ -1,0 +1,147 @@
+"""The model configuration schema: one visible place where YAML is validated.
+
+YAML is merged onto ``OmegaConf.structured(ModelConfig)`` in struct mode (lingua's habit), so a
+misspelled key fails loudly with its name, and every default lives here or in the YAML, not in
+``cfg.get(key, default)`` calls scattered through the code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+ATTENTION_TYPES = ("bidirectional", "causal")
+POOLING_TYPES = ("latent_attention", "mean", "eos", "self_attention")
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+# Keys NeMo's ModelPT adds to a model config on its own; they are not ours to validate.
+_NEMO_KEYS = ("target", "nemo_version", "nvembed_class", "nvembed_format")
+
+
+@dataclass
+class BackboneConfig:
+    family: str = MISSING  # "mistral" or "llama": names the HF architecture for import/export
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    num_attention_heads: int = MISSING
+    num_query_groups: int = MISSING  # KV heads (GQA)
+    ffn_hidden_size: int = MISSING
+    vocab_size: int = MISSING
+    max_position_embeddings: int = MISSING
+    rope_theta: float = MISSING
+    norm_eps: float = MISSING
+    tie_word_embeddings: bool = MISSING  # recorded for export; the LM head is never built
+    init_std: float = 0.02
+
+
+@dataclass
+class PoolingConfig:
+    type: str = "latent_attention"
+    num_latents: int = 512
+    num_heads: int = 8
+    dim_head: int = MISSING
+    ff_mult: int = 4
+    normalize: bool = True
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = True
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.1
+    target_modules: List[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+
+@dataclass
+class TokenizerConfig:
+    file: str = MISSING  # a Hugging Face tokenizer.json (packed into the .nemo as an artifact)
+    bos_token: Optional[str] = None
+    eos_token: str = MISSING
+    pad_token: Optional[str] = None  # defaults to EOS at load time when null (right padding)
+    add_bos: bool = False
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    attention: str = "bidirectional"
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    max_length: int = 512
+    query_template: str = "Instruct: {instruction}\nQuery: "
+    seed: int = 1234
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate_model_config(cfg, source: str = "model config", require_complete: bool = True) -> DictConfig:
+    """Merge ``cfg`` onto the schema, check values, and return the typed, struct-mode config.
+
+    ``source`` names the file or object the config came from so errors can point at it.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    for key in _NEMO_KEYS:
+        raw.pop(key, None)
+    schema = OmegaConf.structured(ModelConfig)
+    try:
+        merged = OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {e}") from None
+    if require_complete:
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"{source}: required values are missing: {', '.join(missing)}")
+    _check_values(merged, source)
+    return merged
+
+
+def _check_values(cfg: DictConfig, source: str) -> None:
+    def bad(field_name: str, msg: str):
+        raise ConfigError(f"{source}: {field_name}: {msg}")
+
+    if cfg.attention not in ATTENTION_TYPES:
+        bad("attention", f"{cfg.attention!r} is not one of {ATTENTION_TYPES}")
+    if cfg.pooling.type not in POOLING_TYPES:
+        bad("pooling.type", f"{cfg.pooling.type!r} is not one of {POOLING_TYPES}")
+    if cfg.backbone.family not in ("mistral", "llama", "???"):
+        bad("backbone.family", f"{cfg.backbone.family!r} is not 'mistral' or 'llama'")
+    for name in cfg.lora.target_modules:
+        if name not in LORA_TARGETS:
+            bad("lora.target_modules", f"{name!r} is not one of {LORA_TARGETS}")
+    if "{instruction}" not in cfg.query_template:
+        bad("query_template", "must contain '{instruction}'")
+    b = cfg.backbone
+    if not OmegaConf.is_missing(b, "num_attention_heads") and not OmegaConf.is_missing(b, "num_query_groups"):
+        if b.num_attention_heads % b.num_query_groups:
+            bad("backbone.num_query_groups", "must divide num_attention_heads")
+        if not OmegaConf.is_missing(b, "hidden_size") and b.hidden_size % b.num_attention_heads:
+            bad("backbone.hidden_size", "must be a multiple of num_attention_heads")
+
+
+def check_parallel_layout(cfg: DictConfig, tp: int, pp: int = 1, source: str = "model config") -> None:
+    """Fail before any weight is built if this model cannot run with this parallel layout."""
+    if pp != 1:
+        raise ConfigError(f"pipeline_model_parallel_size={pp}: only 1 is supported (tensor + data parallel)")
+    if tp < 1:
+        raise ConfigError(f"tensor_model_parallel_size={tp}: must be >= 1")
+    b, p = cfg.backbone, cfg.pooling
+    checks = {
+        "backbone.num_attention_heads": b.num_attention_heads,
+        "backbone.num_query_groups": b.num_query_groups,
+        "backbone.ffn_hidden_size": b.ffn_hidden_size,
+        "backbone.vocab_size": b.vocab_size,
+    }
+    if p.type in ("latent_attention", "self_attention"):
+        checks["pooling.num_heads"] = p.num_heads
+    for name, value in checks.items():
+        if value % tp:
+            raise ConfigError(
+                f"{source}: {name}={value} is not divisible by tensor_model_parallel_size={tp}; "
+                f"choose a TP size that divides it"
+            )

@@ -1,0 +1,136 @@
+"""Process-group and megatron parallel-state setup: the only module that reads launcher env.
+
+torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; srun sets SLURM_PROCID,
+SLURM_NTASKS, SLURM_LOCALID (the launch scripts export MASTER_ADDR/MASTER_PORT). With none of
+them, a single-process world is created, so a model can be built in a notebook or a test.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from nemo_nvembed import cpu_compat
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_env() -> DistEnv:
+    """Rank layout from torchrun or Slurm variables; a world of one when neither is set."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
+        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    else:
+        rank, world, local = 0, 1, 0
+    addr = env.get("MASTER_ADDR", "127.0.0.1")
+    port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else (_free_port() if world == 1 else 29500)
+    return DistEnv(rank, world, local, addr, port)
+
+
+def init_process_group(backend: str | None = None) -> DistEnv:
+    """Initialise torch.distributed once (NCCL with CUDA, gloo otherwise)."""
+    env = read_env()
+    if dist.is_initialized():
+        return env
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{env.master_addr}:{env.master_port}",
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+    return env
+
+
+def initialize(tensor_model_parallel_size: int = 1, seed: int = 1234, backend: str | None = None) -> None:
+    """Process group + megatron parallel state (TP x DP = world size) + RNG seeds.
+
+    Idempotent for the same TP size; asking for a different TP size after initialisation is an error.
+    """
+    from megatron.core import parallel_state as ps
+
+    cpu_compat.activate()
+    init_process_group(backend)
+    world = dist.get_world_size()
+    if world % tensor_model_parallel_size:
+        raise ValueError(
+            f"world size {world} is not divisible by tensor_model_parallel_size={tensor_model_parallel_size}"
+        )
+    if ps.model_parallel_is_initialized():
+        have = ps.get_tensor_model_parallel_world_size()
+        if have != tensor_model_parallel_size:
+            raise ValueError(f"parallel state already initialised with TP={have}, asked for TP={tensor_model_parallel_size}")
+        return
+    ps.initialize_model_parallel(tensor_model_parallel_size=tensor_model_parallel_size, pipeline_model_parallel_size=1)
+    cpu_compat.model_parallel_seed(seed)
+
+
+def is_initialized() -> bool:
+    from megatron.core import parallel_state as ps
+
+    return dist.is_initialized() and ps.model_parallel_is_initialized()
+
+
+def tp_group():
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_group()
+
+
+def tp_rank() -> int:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_rank()
+
+
+def tp_size() -> int:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_world_size()
+
+
+def dp_group():
+    from megatron.core import parallel_state as ps
+
+    return ps.get_data_parallel_group()
+
+
+def dp_rank() -> int:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_data_parallel_rank()
+
+
+def dp_size() -> int:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_data_parallel_world_size()
+
+
+def is_global_rank_zero() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

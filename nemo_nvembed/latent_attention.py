@@ -1,0 +1,114 @@
+"""NV-Embed's latent-attention pooling head (paper section 3.2), tensor-parallel and fused.
+
+Parameter names and shapes follow the released NV-Embed-v2 head (``../shared/NVEMBED_FACTS.md``):
+``latents``, ``cross_attend_blocks.0.{norm,norm_context,fn.to_q,fn.to_kv,fn.to_out}`` and
+``cross_attend_blocks.1.{norm,fn.net.0,fn.net.2}``. Token states are the queries; the trainable
+latents give keys and values. Heads (``to_q``, ``to_kv``, ``to_out``) and the GEGLU MLP are split
+over TP ranks with megatron's column/row-parallel linears; norms and latents are replicated.
+
+Fused: the released code repeats the latents over the batch and projects them per sequence; the
+latents do not depend on the input, so keys and values are computed once per forward ([r, 2*inner])
+and broadcast, and attention runs in ``scaled_dot_product_attention``.
+
+The same blocks with ``context = the token states`` give the paper's "self-attention + MLP"
+pooling ablation (Table 2).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.utils import init_method_normal
+
+from nemo_nvembed import tp_layout
+
+
+class CrossAttention(torch.nn.Module):
+    def __init__(self, query_dim: int, context_dim: int, heads: int, dim_head: int, config, tp: int):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads_local, self.dim_head = heads // tp, dim_head
+        init = init_method_normal(config.init_method_std)
+        self.to_q = ColumnParallelLinear(query_dim, inner, config=config, init_method=init, bias=False)
+        self.to_kv = ColumnParallelLinear(context_dim, 2 * inner, config=config, init_method=init, bias=False)
+        tp_layout.mark(self.to_kv.weight, 0, chunks=2)  # [K; V] halves split separately
+        self.to_out = RowParallelLinear(
+            inner, query_dim, config=config, init_method=init, bias=False, input_is_parallel=True, skip_bias_add=False
+        )
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        # [..., n, heads_local * dh] -> [..., heads_local, n, dh]
+        return t.unflatten(-1, (self.heads_local, self.dim_head)).transpose(-3, -2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
+        """x: [b, s, d] normed queries; context: [r, d] (shared latents) or [b, s, d]; mask: [b, s] keys."""
+        q = self._heads(self.to_q(x)[0])  # [b, H, s, dh]
+        k, v = self.to_kv(context)[0].chunk(2, dim=-1)  # [r, inner] each (or [b, s, inner])
+        k, v = self._heads(k), self._heads(v)  # [H, r, dh] or [b, H, s, dh]
+        if k.dim() == 3:  # shared latents: one K/V for the whole batch, broadcast without copying
+            k = k.unsqueeze(0).expand(q.shape[0], -1, -1, -1)
+            v = v.unsqueeze(0).expand(q.shape[0], -1, -1, -1)
+        attn_mask = None if context_mask is None else context_mask.bool()[:, None, None, :]  # [b, 1, 1, s]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [b, H, s, dh]
+        out = out.transpose(1, 2).flatten(2)  # [b, s, H*dh]
+        return self.to_out(out)[0]  # [b, s, d], summed over TP ranks
+
+
+class FeedForward(torch.nn.Module):
+    """Linear(d -> 2*mult*d) -> GEGLU (a * gelu(g)) -> Linear(mult*d -> d), the released layout."""
+
+    def __init__(self, dim: int, mult: int, config, tp: int):
+        super().__init__()
+        init = init_method_normal(config.init_method_std)
+        fc1 = ColumnParallelLinear(dim, 2 * mult * dim, config=config, init_method=init, bias=True)
+        tp_layout.mark(fc1.weight, 0, chunks=2)
+        tp_layout.mark(fc1.bias, 0, chunks=2)
+        fc2 = RowParallelLinear(mult * dim, dim, config=config, init_method=init, bias=True,
+                                input_is_parallel=True, skip_bias_add=False)
+        self.net = torch.nn.ModuleList([fc1, torch.nn.Identity(), fc2])  # indices match net.0 / net.2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, g = self.net[0](x)[0].chunk(2, dim=-1)  # [b, s, mult*d/tp] each
+        return self.net[2](a * F.gelu(g))[0]  # [b, s, d]
+
+
+class PreNorm(torch.nn.Module):
+    def __init__(self, dim: int, fn: torch.nn.Module, context_dim: int | None = None):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(dim)
+        self.fn = fn
+        self.norm_context = torch.nn.LayerNorm(context_dim) if context_dim is not None else None
+
+
+class AttentionPooler(torch.nn.Module):
+    """Latent attention (``latent=True``) or self-attention + MLP pooling, then masked mean."""
+
+    def __init__(self, dim: int, pooling_cfg, config, tp: int, latent: bool = True):
+        super().__init__()
+        p = pooling_cfg
+        self.latent = latent
+        if latent:
+            self.latents = torch.nn.Parameter(torch.randn(p.num_latents, dim))  # as released: N(0, 1)
+        attn = CrossAttention(dim, dim, p.num_heads, p.dim_head, config, tp)
+        self.cross_attend_blocks = torch.nn.ModuleList([
+            PreNorm(dim, attn, context_dim=dim if latent else None),
+            PreNorm(dim, FeedForward(dim, p.ff_mult, config, tp)),
+        ])
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
+        """hidden: [b, s, d]; attention_mask, pool_mask: [b, s] -> pooled [b, d]."""
+        attn_block, ff_block = self.cross_attend_blocks
+        x = attn_block.norm(hidden)
+        if self.latent:
+            context, context_mask = attn_block.norm_context(self.latents), None  # [r, d]; no mask (released)
+        else:
+            context, context_mask = x, attention_mask
+        h = hidden + attn_block.fn(x, context, context_mask)  # [b, s, d]
+        h = h + ff_block.fn(ff_block.norm(h))  # [b, s, d]
+        return masked_mean(h, pool_mask)
+
+
+def masked_mean(h: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
+    """sum(h * mask) / sum(mask) over the sequence: [b, s, d], [b, s] -> [b, d]."""
+    m = pool_mask.to(h.dtype).unsqueeze(-1)  # [b, s, 1]
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)

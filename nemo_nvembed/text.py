@@ -1,0 +1,78 @@
+"""NV-Embed's text handling (paper section 3.3; released model's ``is_mask_instruction``/``add_eos``).
+
+A query with an instruction becomes ``Instruct: {instruction}\\nQuery: {text}``; documents get no
+prefix. EOS is appended to every text and batches are right-padded.
+
+What is pooled, precisely: the tokens that cover at least one character of the text itself, plus
+the appended EOS. BOS and the instruction prefix are attended to but not pooled. We decide this
+from the tokenizer's character offsets of the joint string (a token straddling the boundary, such
+as SentencePiece's "▁word" whose space belongs to the prefix, counts as text), rather than by
+counting the prefix's tokens separately, which can disagree with the joint tokenization.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [b, s]
+    attention_mask: torch.Tensor  # [b, s] 1 for real tokens
+    pool_mask: torch.Tensor  # [b, s] 1 for tokens pooled into the embedding
+    num_truncated: int = 0
+
+
+def load_tokenizer(tokenizer_cfg, file: str) -> PreTrainedTokenizerFast:
+    t = tokenizer_cfg
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=file, bos_token=t.bos_token, eos_token=t.eos_token, pad_token=t.pad_token or t.eos_token
+    )
+    if tok.eos_token_id is None:
+        raise ValueError(f"tokenizer {file}: eos_token {t.eos_token!r} is not in its vocabulary")
+    if t.add_bos and tok.bos_token_id is None:
+        raise ValueError(f"tokenizer {file}: add_bos is true but bos_token {t.bos_token!r} is unknown")
+    return tok
+
+
+class TextEncoder:
+    """Turns texts (+ optional instruction) into padded id/attention/pool-mask tensors."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, query_template: str, add_bos: bool, max_length: int):
+        self.tok, self.template, self.add_bos, self.max_length = tokenizer, query_template, add_bos, max_length
+
+    def prefix(self, instruction: str | None) -> str:
+        return "" if not instruction else self.template.format(instruction=instruction)
+
+    def encode_one(self, text: str, instruction: str | None, max_length: int | None = None) -> tuple[list[int], list[int], bool]:
+        """(ids, pool flags, truncated?) for one text; ids include BOS (if configured) and EOS."""
+        max_length = max_length or self.max_length
+        prefix = self.prefix(instruction)
+        enc = self.tok(prefix + text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        pool = [1 if end > len(prefix) else 0 for _, end in enc["offset_mapping"]]
+        n_prefix = pool.index(1) if 1 in pool else len(pool)
+        budget = max_length - 1 - int(self.add_bos)  # room for text tokens after BOS, before EOS
+        if n_prefix >= budget:
+            raise ValueError(f"instruction prefix is {n_prefix} tokens; max_length={max_length} leaves no room for text")
+        truncated = len(ids) > budget
+        ids, pool = ids[:budget], pool[:budget]
+        if self.add_bos:
+            ids, pool = [self.tok.bos_token_id] + ids, [0] + pool
+        return ids + [self.tok.eos_token_id], pool + [1], truncated
+
+    def __call__(self, texts: list[str], instruction: str | list[str | None] | None = None,
+                 max_length: int | None = None) -> Batch:
+        instructions = instruction if isinstance(instruction, list) else [instruction] * len(texts)
+        rows = [self.encode_one(t, i, max_length) for t, i in zip(texts, instructions)]
+        s = max(len(r[0]) for r in rows)
+        ids = torch.full((len(rows), s), self.tok.pad_token_id, dtype=torch.long)
+        att = torch.zeros(len(rows), s, dtype=torch.long)
+        pool = torch.zeros(len(rows), s, dtype=torch.long)
+        for i, (r_ids, r_pool, _) in enumerate(rows):  # right padding
+            ids[i, : len(r_ids)] = torch.tensor(r_ids)
+            att[i, : len(r_ids)] = 1
+            pool[i, : len(r_pool)] = torch.tensor(r_pool)
+        return Batch(ids, att, pool, sum(r[2] for r in rows))
