@@ -1,0 +1,172 @@
+"""Task registry: instructions, kinds and sampling weights per task (conf/tasks.yaml).
+
+The YAML is merged onto a structured schema (`TaskRegistryFile`), so a misspelled key, a wrong
+type or an unknown kind fails with the file and the full key named; every field is required
+(`???`), nothing is defaulted in code. Instructions come from NV-Embed Tables 6 (training) and
+7 (evaluation); queries are formatted as "Instruct: {instruction}\\nQuery: {query}" (section 3.4)
+by the model code, not here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Union
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class TaskKind(str, Enum):
+    """How a task's contrastive pairs are built (NV-Embed section 4.2)."""
+
+    retrieval = "retrieval"
+    classification = "classification"
+    clustering = "clustering"
+    sts = "sts"
+
+
+@dataclass
+class TaskSpec:
+    """Schema of one entry under `tasks:` in conf/tasks.yaml (all fields required)."""
+
+    kind: TaskKind = MISSING
+    weight: float = MISSING
+    in_batch_negatives: bool = MISSING
+    train_instruction: str = MISSING
+    eval_instruction: str = MISSING
+
+
+@dataclass
+class TaskRegistryFile:
+    """Schema of the whole registry file."""
+
+    tasks: Dict[str, TaskSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A validated task. `kind` is the plain string value of `TaskKind`."""
+
+    name: str
+    kind: str
+    weight: float
+    in_batch_negatives: bool
+    train_instruction: str
+    eval_instruction: str
+
+
+class TaskConfigError(ValueError):
+    """The registry file is invalid; the message names the file and the key."""
+
+
+class UnknownTaskError(LookupError):
+    """A task name that the registry does not hold; the message lists close matches."""
+
+
+def close_matches(name: str, candidates: List[str], n: int = 3) -> List[str]:
+    """Closest names by difflib ratio, for 'did you mean' messages (case-insensitive)."""
+    lowered = {c.lower(): c for c in candidates}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
+    return [lowered[h] for h in hits]
+
+
+def _did_you_mean(name: str, candidates: List[str]) -> str:
+    hits = close_matches(name, candidates)
+    return f" Did you mean: {', '.join(repr(h) for h in hits)}?" if hits else ""
+
+
+class TaskRegistry:
+    """Validated, read-only mapping from task name to `Task`."""
+
+    def __init__(self, tasks: Mapping[str, Task], source: str):
+        self._tasks: Dict[str, Task] = dict(tasks)
+        self.source = source
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path]) -> "TaskRegistry":
+        path = Path(path)
+        try:
+            raw = OmegaConf.load(path)
+        except FileNotFoundError:
+            raise TaskConfigError(f"{path}: task registry file not found") from None
+        except Exception as e:  # YAML syntax errors carry their own line/column
+            raise TaskConfigError(f"{path}: cannot parse YAML: {e}") from e
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "TaskRegistry":
+        """Validate `data` (a dict or DictConfig shaped like conf/tasks.yaml).
+
+        `source` names where the data came from, for error messages.
+        """
+        schema = OmegaConf.structured(TaskRegistryFile)
+        try:
+            merged = OmegaConf.merge(schema, data)
+        except OmegaConfBaseException as e:
+            raise TaskConfigError(_format_omegaconf_error(source, e)) from None
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise TaskConfigError(f"{source}: required key(s) not set: {', '.join(missing)}")
+        tasks: Dict[str, Task] = {}
+        for name, spec in merged.tasks.items():
+            where = f"{source}: tasks.{name}"
+            if not name.strip():
+                raise TaskConfigError(f"{source}: empty task name under tasks")
+            if not (math.isfinite(spec.weight) and spec.weight > 0):
+                raise TaskConfigError(f"{where}.weight: must be finite and > 0, got {spec.weight}")
+            for key in ("train_instruction", "eval_instruction"):
+                if not str(spec[key]).strip():
+                    raise TaskConfigError(f"{where}.{key}: must be a non-empty string")
+            tasks[name] = Task(
+                name=name,
+                kind=spec.kind.value,
+                weight=float(spec.weight),
+                in_batch_negatives=bool(spec.in_batch_negatives),
+                train_instruction=str(spec.train_instruction),
+                eval_instruction=str(spec.eval_instruction),
+            )
+        if not tasks:
+            raise TaskConfigError(f"{source}: no tasks defined under `tasks:`")
+        return cls(tasks, source)
+
+    def __getitem__(self, name: str) -> Task:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownTaskError(
+                f"unknown task {name!r} (not in {self.source}).{_did_you_mean(name, self.names)}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def names(self) -> List[str]:
+        return list(self._tasks)
+
+    def suggest(self, name: str) -> List[str]:
+        """Registered names close to `name` (for callers building their own messages)."""
+        return close_matches(name, self.names)
+
+
+def _format_omegaconf_error(source: str, e: OmegaConfBaseException) -> str:
+    """'<file>: <full.key>: <reason>' from an OmegaConf error, with a suggestion for a typo."""
+    full_key = getattr(e, "full_key", None) or "<root>"
+    reason = str(getattr(e, "msg", e)).split("\n")[0]
+    hint = ""
+    key = getattr(e, "key", None)
+    if isinstance(key, str) and "not in" in reason:
+        parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+        valid = list(TaskSpec.__dataclass_fields__) if parent.startswith("tasks.") else ["tasks"]
+        hint = _did_you_mean(key, valid)
+    return f"{source}: {full_key}: {reason}.{hint}"

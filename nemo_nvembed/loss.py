@@ -1,0 +1,156 @@
+"""Contrastive InfoNCE loss on cosine similarity (NV-Embed, arXiv 2405.17428, section 3.3).
+
+GRADIENT CONTRACT (read this before wiring the trainer):
+    Each rank returns  loss = sum over ITS local queries of CE_i / global_batch_size.
+    The training strategy must all-reduce parameter gradients with SUM over the data-parallel
+    group (not AVG). The summed gradient is then exactly the gradient of the single-process
+    mean loss over the whole global batch, in-batch negatives included (the all_gather below is
+    differentiable and returns to each rank the gradient that every rank's queries put on its
+    passages). Averaging instead would give 1/dp_size of it (the pitfall of Tevatron issue 143);
+    with an averaging strategy, multiply this loss by dp_size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, this rank's share: sum of local CE / global_batch_size
+    global_loss: torch.Tensor  # scalar, detached: mean CE over the global batch (for logging)
+    num_masked: int  # local: gathered candidates masked as duplicates of the query's positive
+    num_candidates: torch.Tensor  # [b] long: candidates each query scored (own pos included)
+    accuracy: torch.Tensor  # scalar, detached: local fraction of queries ranking their positive first
+
+
+def key_hashes(keys: Sequence[str], device: torch.device) -> torch.Tensor:
+    """[n] int64 stable 8-byte blake2b hashes of `keys` (same on every rank and run)."""
+    values = [
+        int.from_bytes(hashlib.blake2b(k.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+        for k in keys
+    ]
+    return torch.tensor(values, dtype=torch.int64, device=device)
+
+
+def _world(group) -> tuple[int, int]:
+    if group is None or not dist.is_available() or not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def contrastive_loss(
+    q: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    *,
+    temperature: float,
+    in_batch: torch.Tensor,
+    pos_keys: Sequence[str],
+    neg_keys: Sequence[Sequence[str]],
+    global_batch_size: int,
+    group: Optional[dist.ProcessGroup] = None,
+) -> LossOutput:
+    """InfoNCE over cosine similarities / temperature, with optional global in-batch negatives.
+
+    Inputs (this rank's share of the global batch; b * world_size == global_batch_size):
+      q [b, d], pos [b, d], neg [b, k, d]: embeddings (normalised here; computed in fp32).
+      in_batch [b] bool: query i also scores every positive and every hard negative of the
+        GLOBAL batch (all ranks of `group`). NV-Embed stage 1 uses in-batch + 7 hard negatives,
+        stage 2 the query's own hard negatives only (Table 5): all False.
+      pos_keys [b], neg_keys [b][k]: identity of each passage (document id when the data has
+        ids, else the text). A gathered candidate whose key equals query i's positive key is
+        masked (-inf): a duplicate of the positive must not act as a negative
+        (sentence-transformers issue 3189). Query i's own hard negatives are never masked.
+      group: the data-parallel process group; None or size 1 means one process.
+
+    Candidates of query i (global index g = rank * b + i), in logit order:
+      [own pos, own k negs] + (if any rank has in_batch) [all G positives, all G*k negatives]
+      where G = global_batch_size, gathered rank by rank (row r*b + j is rank r's query j; see
+      sentence-transformers PR 3453 for what a wrong order does). In the gathered block, query
+      i's own rows are excluded (they appear once, in the own block) and everything is excluded
+      for queries with in_batch False. The target is always column 0.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    b, d = q.shape
+    k = neg.shape[1]
+    if pos.shape != (b, d) or neg.shape != (b, k, d) or in_batch.shape != (b,):
+        raise ValueError(
+            f"shape mismatch: q {tuple(q.shape)}, pos {tuple(pos.shape)}, neg {tuple(neg.shape)}, "
+            f"in_batch {tuple(in_batch.shape)}; expected [b, d], [b, d], [b, k, d], [b]"
+        )
+    if len(pos_keys) != b or len(neg_keys) != b or any(len(nk) != k for nk in neg_keys):
+        raise ValueError(f"pos_keys must have {b} entries and neg_keys {b} lists of {k}")
+    rank, world = _world(group)
+    if b * world != global_batch_size:
+        raise ValueError(
+            f"local batch {b} x world size {world} != global_batch_size {global_batch_size}"
+        )
+    device = q.device
+    in_batch = in_batch.to(device=device, dtype=torch.bool)
+
+    qn = F.normalize(q.float(), dim=-1)  # [b, d]
+    pn = F.normalize(pos.float(), dim=-1)  # [b, d]
+    nn_ = F.normalize(neg.float(), dim=-1)  # [b, k, d]
+
+    own_pos = (qn * pn).sum(-1, keepdim=True)  # [b, 1]
+    own_neg = torch.einsum("bd,bkd->bk", qn, nn_)  # [b, k]
+    logits = [own_pos, own_neg]
+    num_masked = 0
+
+    use_in_batch = bool(in_batch.any())
+    if world > 1:  # every rank must take the same collective path
+        flag = torch.tensor([int(use_in_batch)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        use_in_batch = bool(flag.item())
+    if use_in_batch:
+        pos_h = key_hashes(pos_keys, device)  # [b]
+        neg_h = key_hashes([key for nk in neg_keys for key in nk], device)  # [b*k]
+        if world > 1:
+            all_pn = torch.cat(differentiable_all_gather(pn, group=group), dim=0)  # [G, d]
+            all_nn = torch.cat(differentiable_all_gather(nn_, group=group), dim=0)  # [G, k, d]
+            pos_parts = [torch.empty_like(pos_h) for _ in range(world)]
+            neg_parts = [torch.empty_like(neg_h) for _ in range(world)]
+            dist.all_gather(pos_parts, pos_h, group=group)
+            dist.all_gather(neg_parts, neg_h, group=group)
+            all_pos_h, all_neg_h = torch.cat(pos_parts), torch.cat(neg_parts)  # [G], [G*k]
+        else:
+            all_pn, all_nn, all_pos_h, all_neg_h = pn, nn_, pos_h, neg_h
+        G = global_batch_size
+        all_nn = all_nn.reshape(G * k, d)  # [G*k, d], row g*k + j = query g's negative j
+
+        gathered = torch.cat([qn @ all_pn.T, qn @ all_nn.T], dim=1)  # [b, G + G*k]
+        cand_owner = torch.cat(
+            [torch.arange(G, device=device), torch.arange(G, device=device).repeat_interleave(k)]
+        )  # [G + G*k]: global query index each candidate belongs to
+        cand_key = torch.cat([all_pos_h, all_neg_h])  # [G + G*k]
+        my_global = rank * b + torch.arange(b, device=device)  # [b]
+        own_rows = cand_owner[None, :] == my_global[:, None]  # [b, G + G*k]
+        duplicate = (cand_key[None, :] == pos_h[:, None]) & ~own_rows  # [b, G + G*k]
+        num_masked = int((duplicate & in_batch[:, None]).sum())
+        mask = own_rows | duplicate | ~in_batch[:, None]  # [b, G + G*k]
+        logits.append(gathered.masked_fill(mask, float("-inf")))
+
+    logits = torch.cat(logits, dim=1) / temperature  # [b, 1 + k (+ G + G*k)]
+    target = torch.zeros(b, dtype=torch.long, device=device)  # [b], own positive is column 0
+    per_query = F.cross_entropy(logits, target, reduction="none")  # [b]
+    loss = per_query.sum() / global_batch_size  # scalar, see the gradient contract above
+
+    global_loss = loss.detach().clone()
+    if world > 1:
+        dist.all_reduce(global_loss, op=dist.ReduceOp.SUM, group=group)
+    with torch.no_grad():
+        num_candidates = torch.isfinite(logits).sum(dim=1)  # [b]
+        accuracy = (logits.argmax(dim=1) == 0).float().mean()
+    return LossOutput(
+        loss=loss, global_loss=global_loss, num_masked=num_masked,
+        num_candidates=num_candidates, accuracy=accuracy,
+    )
