@@ -10,8 +10,8 @@ Tasks, written as ``{"task", "query", "pos", "neg", "pos_id", "neg_ids"}`` JSONL
 
 * ``PyDocRetrieval``: query = the summary sentence of a function's docstring, positive = the rest
   of that docstring, 7 hard negatives mined with BM25 (``bm25s``) over the training corpus.
-  Candidates scoring above 95% of the positive's own score are dropped as likely false negatives
-  (NV-Retriever, arXiv 2407.15831, "TopK-PercPos").
+  The top-ranked candidate is dropped when it scores above 95% of the positive's own score, as a
+  likely false negative (after NV-Retriever, arXiv 2407.15831, "TopK-PercPos").
 * ``PyDocClassification`` and ``PyDocClustering``: non-retrieval data turned into contrastive pairs
   as in NV-Embed (arXiv 2405.17428) section 4.2: q+ = the text, d+ = its label text
   ("module json") or category ("data compression and archiving"), negatives = other labels.
@@ -62,7 +62,8 @@ MODULE_AREAS = {
     "heapq": "data types", "bisect": "data types", "copy": "data types", "pprint": "data types",
     "enum": "data types", "graphlib": "data types", "weakref": "data types", "zoneinfo": "data types",
     "math": "numeric and math", "cmath": "numeric and math", "decimal": "numeric and math",
-    "fractions": "numeric and math", "numbers": "numeric and math", "random": "numeric and math", "statistics": "numeric and math",
+    "fractions": "numeric and math", "numbers": "numeric and math", "random": "numeric and math",
+    "statistics": "numeric and math",
     "itertools": "functional programming", "functools": "functional programming",
     "operator": "functional programming",
     "pathlib": "file and directory access", "os.path": "file and directory access",
@@ -126,6 +127,10 @@ MODULE_AREAS = {
 }
 # Where a module's public objects report another __module__ than its import name.
 EXTRA_OWNERS = {"os.path": ("genericpath",), "os": ("posix",), "random": ("_random",)}
+# Hooks that a running program (pytest, logging.captureWarnings) may replace: skipped, so that the
+# output does not depend on what else the process has imported.
+REPLACEABLE = {"sys": {"breakpointhook", "displayhook", "excepthook", "unraisablehook"},
+               "warnings": {"formatwarning", "showwarning"}, "threading": {"excepthook"}}
 # pydoc topics joined to clustering under two areas of their own.
 TOPIC_TYPE_KEYS = {"dict", "lists", "string-methods", "truth", "specialattrs"}
 
@@ -148,7 +153,7 @@ class DemoDataConfig:
     """Sizes and thresholds; defaults fit a CPU demo on 2 cores."""
 
     seed: int = 0
-    heldout_frac: float = 0.25  # share of retrieval-eligible items held out, in whole modules
+    heldout_frac: float = 0.28  # share of retrieval-eligible items held out, in whole modules
     heldout_queries: int = 200
     heldout_corpus: int = 500  # positives + distractors, all from held-out modules
     val_queries: int = 50
@@ -162,6 +167,12 @@ class DemoDataConfig:
     near_dup_ratio: float = 0.5  # symmetric relative BM25 score with a held-out text; see near_duplicates
     max_per_label: int = 30  # classification, stratified over modules
     max_per_area: int = 80  # clustering, stratified over areas
+
+    def __post_init__(self):
+        if not 0 < self.heldout_frac < 1 or not 0 < self.perc_pos <= 1 or not 0 < self.near_dup_ratio <= 1:
+            raise ValueError(f"fractions out of range in {self}")
+        if min(self.heldout_queries, self.val_queries, self.max_train, self.num_neg, self.max_chars) < 1:
+            raise ValueError(f"sizes must be positive in {self}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,8 +246,9 @@ def _item(id_: str, module: str, kind: str, doc, cfg: DemoDataConfig) -> DocItem
     if not isinstance(doc, str) or not doc.strip():
         return None
     parts = split_docstring(doc)
-    if parts is None or len(parts[0].split()) < cfg.min_summary_words or len(parts[0]) > 300 or ">>>" in parts[0]:
-        return None  # no summary sentence: too short, a paragraph, or a doctest
+    if parts is None or len(parts[0].split()) < cfg.min_summary_words or len(parts[0]) > 300 \
+            or ">>>" in parts[0]:
+        return None  # no summary sentence: too short, a whole paragraph, or a doctest
     return DocItem(id_, module, MODULE_AREAS[module], kind, parts[0], trim(parts[1], cfg.max_chars))
 
 
@@ -253,7 +265,8 @@ def collect_module(name: str, cfg: DemoDataConfig) -> list[DocItem]:
 
 def _collect_module(name: str, cfg: DemoDataConfig) -> list[DocItem]:
     module = importlib.import_module(name)
-    public = {attr: getattr(module, attr) for attr in sorted(vars(module)) if not attr.startswith("_")}
+    skip = REPLACEABLE.get(name, set())
+    public = {a: getattr(module, a) for a in sorted(vars(module)) if not a.startswith("_") and a not in skip}
     owners = _owners(name, module)
     items = []
     for attr, obj in public.items():
@@ -264,7 +277,9 @@ def _collect_module(name: str, cfg: DemoDataConfig) -> list[DocItem]:
             for meth in sorted(vars(obj)):
                 raw = vars(obj)[meth]
                 raw = getattr(raw, "__func__", raw)  # staticmethod / classmethod
-                if not meth.startswith("_") and _is_routine(raw):
+                # C methods have no __module__; Python ones must come from this module (not a patch).
+                if not meth.startswith("_") and _is_routine(raw) and (
+                        getattr(raw, "__module__", None) is None or _owned(raw, name, owners)):
                     items.append(_item(f"{name}.{attr}.{meth}", name, "method", raw.__doc__, cfg))
         elif _is_routine(obj) and _owned(obj, name, owners):
             items.append(_item(f"{name}.{attr}", name, "function", obj.__doc__, cfg))
@@ -439,12 +454,14 @@ def build(cfg: DemoDataConfig) -> dict:
     # Retrieval uses every documented callable (functions, methods, classes) with a real body.
     eligible = lambda i: i.kind != "topic" and len(i.body.split()) >= cfg.min_body_words
 
-    held_modules = split_modules({m: sum(eligible(i) for i in items if i.module == m) for m in modules}, cfg)
+    sizes = {m: sum(eligible(i) for i in items if i.module == m) for m in modules}
+    held_modules = split_modules(sizes, cfg)
     held = [i for i in items if i.module in held_modules]
     train_side = [i for i in items if i.module not in held_modules]
 
     # Held-out BEIR split: positives and distractors are all bodies from held-out modules.
-    held_q, held_docs = _beir_sample([i for i in held if eligible(i)], cfg.heldout_queries, cfg.heldout_corpus, rng)
+    held_q, held_docs = _beir_sample([i for i in held if eligible(i)], cfg.heldout_queries,
+                                     cfg.heldout_corpus, rng)
     heldout = _beir(held_docs, held_q)
     held_texts = [q["text"] for q in heldout["queries"]] + [d["text"] for d in heldout["corpus"]]
 
@@ -454,7 +471,8 @@ def build(cfg: DemoDataConfig) -> dict:
     topics = [t for t in topics if t.id not in near]
 
     # Validation: items of training-side modules, removed from every training task.
-    val_q, val_docs = _beir_sample([i for i in train_side if eligible(i)], cfg.val_queries, cfg.val_corpus, rng)
+    val_q, val_docs = _beir_sample([i for i in train_side if eligible(i)], cfg.val_queries,
+                                   cfg.val_corpus, rng)
     val = _beir(val_docs, val_q)
     reserved = {i.id for i in val_docs}
     train = [i for i in train_side if i.id not in reserved]
@@ -478,10 +496,10 @@ def build(cfg: DemoDataConfig) -> dict:
         CLUSTERING, titled, lambda a: a, lambda i: i.area, cfg.max_per_area, cfg.num_neg, rng,
         lambda i: i.summary if i.kind == "topic" else f"{i.id}: {i.summary}")
 
-    stage2 = retrieval + classification + clustering
     # Shuffled so that a sequential reader never sees one module per batch; stage 2 is blended
     # (every batch mixes the tasks, Table 5).
     random.Random(cfg.seed + 1).shuffle(retrieval)
+    stage2 = retrieval + classification + clustering
     random.Random(cfg.seed + 2).shuffle(stage2)
     manifest = {
         "source": "docstrings of an allowlist of Python standard library modules (importlib + inspect) "
@@ -505,13 +523,17 @@ def build(cfg: DemoDataConfig) -> dict:
 
 
 def check_no_overlap(data: dict) -> int:
-    """Assert that no normalised query or passage of the training files is in the held-out files."""
-    train = {text_key(t) for name in ("stage1", "stage2") for e in data[name] for t in (e["query"], e["pos"], *e["neg"])}
+    """Raise if a normalised query or passage is shared by training, val and held-out files.
+
+    Returns the number of distinct texts checked. Raises rather than asserts: it must hold
+    under ``python -O`` too."""
+    train = {text_key(t) for name in ("stage1", "stage2") for e in data[name]
+             for t in (e["query"], e["pos"], *e["neg"])}
     val = {text_key(r["text"]) for split in ("corpus", "queries") for r in data["val"][split]}
     held = {text_key(r["text"]) for split in ("corpus", "queries") for r in data["heldout"][split]}
-    assert not train & held, f"train/held-out overlap: {sorted(train & held)[:3]}"
-    assert not val & held, f"val/held-out overlap: {sorted(val & held)[:3]}"
-    assert not train & val, f"train/val overlap: {sorted(train & val)[:3]}"
+    for name, a, b in (("train/held-out", train, held), ("val/held-out", val, held), ("train/val", train, val)):
+        if a & b:
+            raise RuntimeError(f"{name} overlap in {len(a & b)} texts, e.g. {sorted(a & b)[:3]}")
     return len(train) + len(val) + len(held)
 
 
