@@ -22,6 +22,8 @@ Held-out evaluation (``heldout/``) and in-training validation (``val/``) use the
 The held-out split is by module, so no module contributes text to both sides; the code asserts
 that no normalised text appears in both training files and held-out files.
 
+Instructions for the three tasks live in the task registry (conf/tasks.yaml), not here.
+
 Usage: ``python -m nemo_nvembed.demo_data --out DIR [--seed 0] [--max-train N ...]``.
 """
 
@@ -44,13 +46,6 @@ from pathlib import Path
 import numpy as np
 
 RETRIEVAL, CLASSIFICATION, CLUSTERING = "PyDocRetrieval", "PyDocClassification", "PyDocClustering"
-
-# Suggested instructions (Instruct: {instruction}\nQuery: {query}), in the style of the paper's Table 6.
-TASK_INSTRUCTIONS = {
-    RETRIEVAL: "Given a one-line summary of a Python function, retrieve the documentation that describes it",
-    CLASSIFICATION: "Classify the given Python function summary into the standard library module that provides it",
-    CLUSTERING: "Identify the area of the Python standard library based on the titles and summaries",
-}
 
 # Allowlist: modules whose import has no side effects (no windows, no network, no test packages),
 # each mapped to an area that follows the chapters of the Python Library Reference.
@@ -505,7 +500,6 @@ def build(cfg: DemoDataConfig) -> dict:
         "source": "docstrings of an allowlist of Python standard library modules (importlib + inspect) "
                   "and pydoc_data.topics, read from the running interpreter",
         "python_version": sys.version.split()[0], "seed": cfg.seed, "config": dataclasses.asdict(cfg),
-        "task_instructions": TASK_INSTRUCTIONS,
         "modules": {"train": sorted(set(modules) - held_modules), "heldout": sorted(held_modules),
                     "skipped": skipped},
         "filtering": {"raw_items": len(raw), "duplicates_removed": n_dupes,
