@@ -1,0 +1,50 @@
+"""Shared fixtures. CPU tests run everywhere; GPU-only tests skip with a reason."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory) -> str:
+    """SmolLM2's tokenizer.json, extracted once from the packaged GGUF."""
+    from nemo_nvembed.hf_import import smollm2_path
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_path()
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tok.backend_tokenizer.save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def single_process():
+    """torch.distributed world of 1 + megatron parallel state with TP=1 in the pytest process."""
+    from nemo_nvembed import distributed
+
+    distributed.initialize(1)
+    yield
+
+
+def tiny_config(tokenizer_file: str, **overrides):
+    cfg = OmegaConf.load(REPO / "conf" / "model" / "tiny.yaml")
+    cfg.tokenizer.file = tokenizer_file
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+
+
+@pytest.fixture
+def make_tiny(tokenizer_file, single_process):
+    """Build a tiny random NVEmbedModel (TP=1) with dotted overrides, e.g. make_tiny(**{'pooling.type': 'mean'})."""
+    from nemo_nvembed.model import NVEmbedModel
+
+    def make(**overrides):
+        return NVEmbedModel(tiny_config(tokenizer_file, **overrides))
+
+    return make
