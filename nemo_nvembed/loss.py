@@ -26,7 +26,7 @@ from torch.distributed.nn.functional import all_gather as differentiable_all_gat
 class LossOutput:
     loss: torch.Tensor  # scalar, this rank's share: sum of local CE / global_batch_size
     global_loss: torch.Tensor  # scalar, detached: mean CE over the global batch (for logging)
-    num_masked: int  # local: gathered candidates masked as duplicates of the query's positive
+    num_masked: torch.Tensor  # scalar long, local: gathered candidates masked as positive duplicates
     num_candidates: torch.Tensor  # [b] long: candidates each query scored (own pos included)
     accuracy: torch.Tensor  # scalar, detached: local fraction of queries ranking their positive first
 
@@ -95,6 +95,7 @@ def contrastive_loss(
             f"local batch {b} x world size {world} != global_batch_size {global_batch_size}"
         )
     device = q.device
+    use_in_batch = bool(in_batch.any())  # in_batch usually lives on the CPU: no device sync
     in_batch = in_batch.to(device=device, dtype=torch.bool)
 
     qn = F.normalize(q.float(), dim=-1)  # [b, d]
@@ -104,9 +105,8 @@ def contrastive_loss(
     own_pos = (qn * pn).sum(-1, keepdim=True)  # [b, 1]
     own_neg = torch.einsum("bd,bkd->bk", qn, nn_)  # [b, k]
     logits = [own_pos, own_neg]
-    num_masked = 0
+    num_masked = torch.zeros((), dtype=torch.long, device=device)
 
-    use_in_batch = bool(in_batch.any())
     if world > 1:  # every rank must take the same collective path
         flag = torch.tensor([int(use_in_batch)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
@@ -135,7 +135,7 @@ def contrastive_loss(
         my_global = rank * b + torch.arange(b, device=device)  # [b]
         own_rows = cand_owner[None, :] == my_global[:, None]  # [b, G + G*k]
         duplicate = (cand_key[None, :] == pos_h[:, None]) & ~own_rows  # [b, G + G*k]
-        num_masked = int((duplicate & in_batch[:, None]).sum())
+        num_masked = (duplicate & in_batch[:, None]).sum()
         mask = own_rows | duplicate | ~in_batch[:, None]  # [b, G + G*k]
         logits.append(gathered.masked_fill(mask, float("-inf")))
 
