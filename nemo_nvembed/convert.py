@@ -94,8 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--out", required=True, help="output .nemo path")
     f.add_argument("--tp", type=int, default=1, help="tensor-parallel size to validate/build for")
     f.add_argument("--model-config", default=None, help="conf/model name or YAML path for the non-backbone sections")
-    f.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. model.pooling.type=mean")
-    args = p.parse_args(argv)
+    f.epilog = "Any further key=value arguments are Hydra-style overrides, e.g. model.pooling.type=mean"
+    args, extra = p.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = extra
     if args.cmd == "from-hf":
         from_hf(args)
 
