@@ -1,9 +1,11 @@
 """Run megatron-core on CPU (gloo) when CUDA is absent.
 
 megatron-core hard-codes a few CUDA entry points: ``torch.cuda.current_device()`` as the
-device of freshly allocated buffers (RoPE frequencies, gather buffers), and the CUDA RNG
-tracker that forks the random state for tensor-parallel dropout and initialisation. This
-module redirects exactly those to the CPU. It does nothing when CUDA is available, so the GPU
+device of freshly allocated buffers (RoPE frequencies, gather buffers), the CUDA RNG tracker
+that forks the random state for tensor-parallel dropout and initialisation, and CUDA-only
+autocast decorators on its linear autograd functions (their backward would otherwise mix a
+bf16 gradient with an fp32 weight under CPU autocast). This module redirects exactly those
+to the CPU. It does nothing when CUDA is available, so the GPU
 path is megatron-core's own, unpatched.
 
 Everything megatron-specific about CPU execution lives here; nothing else in the package
@@ -82,6 +84,14 @@ def activate() -> None:
     # The RNG tracker megatron asks for becomes a CPU one.
     mrandom._CUDA_RNG_STATE_TRACKER = CPURNGStatesTracker()
     mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    # Linear autograd functions: re-decorate for CPU autocast (backward runs in forward's autocast state).
+    from megatron.core.tensor_parallel import layers
+
+    for fn in (layers.LinearWithFrozenWeight, layers.LinearWithGradAccumulationAndAsyncCommunication):
+        fwd = getattr(fn.forward, "__wrapped__", fn.forward)
+        bwd = getattr(fn.backward, "__wrapped__", fn.backward)
+        fn.forward = staticmethod(torch.amp.custom_fwd(fwd, device_type="cpu"))
+        fn.backward = staticmethod(torch.amp.custom_bwd(bwd, device_type="cpu"))
     _ACTIVE = True
 
 

@@ -23,6 +23,11 @@ class DistEnv:
     local_rank: int
     master_addr: str
     master_port: int
+    local_world_size: int = 1
+
+    @property
+    def num_nodes(self) -> int:
+        return max(1, self.world_size // self.local_world_size)
 
 
 def _free_port() -> int:
@@ -36,13 +41,15 @@ def read_env() -> DistEnv:
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
         rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+        local_world = world // int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", 1)))
     else:
-        rank, world, local = 0, 1, 0
+        rank, world, local, local_world = 0, 1, 0, 1
     addr = env.get("MASTER_ADDR", "127.0.0.1")
     port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else (_free_port() if world == 1 else 29500)
-    return DistEnv(rank, world, local, addr, port)
+    return DistEnv(rank, world, local, addr, port, local_world)
 
 
 def init_process_group(backend: str | None = None) -> DistEnv:

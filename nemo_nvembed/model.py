@@ -133,9 +133,49 @@ class NVEmbedModel(ModelPT):
             self._save_restore_connector.save_full(self, full, str(save_path))
         distributed.barrier()
 
+    # ------------------------------------------------------------------ contrastive training
+    def setup_contrastive(self, train_cfg, registry, examples, sampler, max_steps: int) -> None:
+        """Attach the training data and objective (called by nemo_nvembed.train before fit)."""
+        from nemo_nvembed.training import BatchStream, ContrastiveObjective
+
+        self.train_cfg, self._sampler, self._max_steps = train_cfg, sampler, max_steps
+        self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size)
+        self._train_dl = BatchStream(examples, sampler, registry, self.text, train_cfg.data,
+                                     train_cfg.loss.in_batch_negatives, start=lambda: self.trainer.global_step)
+
+    def train_dataloader(self):
+        return self._train_dl
+
+    def training_step(self, batch, batch_idx):
+        if batch.step != self.trainer.global_step:
+            raise RuntimeError(f"data stream at step {batch.step} but trainer at step {self.trainer.global_step}")
+        loss, out = self.objective.step(self, batch)
+        self.log_dict({"train_loss": out.global_loss, "train_acc": out.accuracy, "masked_duplicates": out.num_masked.float(),
+                       "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}, prog_bar=True, batch_size=len(batch.pos_keys))
+        self.log_dict({"skipped_nonfinite": float(self.objective.skipped_nonfinite),
+                       "truncated_texts": float(self.objective.truncated_texts)}, batch_size=len(batch.pos_keys))
+        return loss
+
+    def configure_optimizers(self):
+        from nemo_nvembed.training import build_optimizer
+
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt, sched = build_optimizer(params, self.train_cfg.optim, self._max_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["sampler"] = self._sampler.state_dict_at(self.trainer.global_step)
+
+    def on_load_checkpoint(self, checkpoint):
+        if "sampler" not in checkpoint:
+            raise KeyError("training checkpoint has no sampler state: it was not written by nemo_nvembed.train")
+        self._sampler.load_state_dict(checkpoint["sampler"])  # refuses a state from other data/seed
+        if checkpoint["sampler"]["step"] != checkpoint["global_step"]:
+            raise ValueError(f"checkpoint sampler step {checkpoint['sampler']['step']} != global step {checkpoint['global_step']}")
+
     # ------------------------------------------------------------------ NeMo hooks
     def setup_training_data(self, train_data_config):
-        pass  # data is wired by the training entry point (nemo_nvembed.train)
+        pass  # data is wired by setup_contrastive (nemo_nvembed.train)
 
     def setup_validation_data(self, val_data_config):
         pass

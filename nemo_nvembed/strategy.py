@@ -1,0 +1,119 @@
+"""Lightning strategy for TP x DP training with megatron-core parallel state.
+
+- ``setup_distributed`` creates the process group and megatron's TP/DP groups.
+- No DDP wrapper: after the last backward of a step, gradients of trainable parameters are
+  summed over the *data-parallel group only* (TP ranks hold different shards). The loss of
+  :mod:`nemo_nvembed.loss` is normalised by the global batch size, so the SUM gives exactly the
+  gradient of the full-batch mean loss (Tevatron issue 143's pitfall).
+- Checkpoints are TP-independent: trainable parameters and their Adam moments are stored in the
+  full (TP=1) layout (:mod:`tp_layout`); the frozen backbone is not repeated in every checkpoint
+  (it comes from ``init_from``).
+- Checkpoint files are written atomically (temp file, fsync, rename), so a crash during a save
+  never destroys an earlier finished checkpoint.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy
+
+from nemo_nvembed import distributed, tp_layout
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = str(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+class MegatronDPStrategy(DDPStrategy):
+    strategy_name = "nvembed_megatron_dp"
+
+    def __init__(self, tensor_model_parallel_size: int = 1, seed: int = 1234, **kwargs):
+        kwargs.setdefault("checkpoint_io", AtomicCheckpointIO())
+        super().__init__(**kwargs)
+        self.tp = tensor_model_parallel_size
+        self.seed = seed
+
+    # ---------------------------------------------------------------- process groups
+    def setup_distributed(self) -> None:
+        super().setup_distributed()
+        distributed.initialize(self.tp, seed=self.seed)
+
+    def configure_ddp(self) -> None:
+        pass  # gradients are reduced over the DP group in optimizer_step, not by a DDP wrapper
+
+    # ---------------------------------------------------------------- gradients
+    def optimizer_step(self, optimizer, closure, model=None, **kwargs):
+        def closure_then_reduce():
+            loss = closure()
+            self.reduce_gradients()
+            return loss
+
+        return super().optimizer_step(optimizer, closure_then_reduce, model, **kwargs)
+
+    def reduce_gradients(self) -> None:
+        """SUM the gradients of trainable parameters over the data-parallel group (one buffer)."""
+        if distributed.dp_size() == 1:
+            return
+        grads = [p.grad for p in self.lightning_module.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=distributed.dp_group())
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    # ---------------------------------------------------------------- TP-independent checkpoints
+    def _trainable(self):
+        return [(n, p) for n, p in self.lightning_module.named_parameters() if p.requires_grad]
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        return {n: tp_layout.gather_tensor(n, p).cpu() for n, p in self._trainable()}
+
+    def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
+        model = self.lightning_module
+        full = model.full_state_dict()
+        full.update(checkpoint["state_dict"])
+        model.load_full_state_dict(full, source="the training checkpoint")
+
+    def optimizer_state(self, optimizer) -> dict[str, Any]:
+        """Optimizer state with every per-parameter tensor gathered to the full layout."""
+        named = {id(p): (n, p) for n, p in self._trainable()}
+        state = optimizer.state_dict()
+        order = [p for group in optimizer.param_groups for p in group["params"]]
+        out = {}
+        for idx, s in state["state"].items():
+            name, p = named[id(order[idx])]
+            out[idx] = {k: (tp_layout.gather_tensor(name, p, v).cpu() if torch.is_tensor(v) and v.shape == p.shape else v)
+                        for k, v in s.items()}
+        return {"state": out, "param_groups": state["param_groups"]}
+
+    def load_optimizer_state_dict(self, checkpoint) -> None:
+        named = {id(p): (n, p) for n, p in self._trainable()}
+        from megatron.core import parallel_state as ps
+
+        rank, size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+        for optimizer, saved in zip(self.optimizers, checkpoint["optimizer_states"]):
+            order = [p for group in optimizer.param_groups for p in group["params"]]
+            state = {}
+            for idx, s in saved["state"].items():
+                name, p = named[id(order[int(idx)])]
+                dim, chunks = tp_layout.layout(name, p)
+                state[idx] = {
+                    k: (tp_layout.shard(v, dim, chunks, rank, size).to(p.device) if torch.is_tensor(v) and v.dim() == p.dim() and v.numel() >= p.numel() else v)
+                    for k, v in s.items()
+                }
+            optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
