@@ -6,6 +6,7 @@ and :meth:`load` set up a single-process one when there is none.
 """
 from __future__ import annotations
 
+import json
 import math
 from contextlib import nullcontext
 
@@ -134,11 +135,20 @@ class NVEmbedModel(ModelPT):
         distributed.barrier()
 
     # ------------------------------------------------------------------ contrastive training
-    def setup_contrastive(self, train_cfg, registry, examples, sampler, max_steps: int) -> None:
-        """Attach the training data and objective (called by nemo_nvembed.train before fit)."""
+    def setup_contrastive(self, train_cfg, registry, examples, sampler, max_steps: int, trace_dir=None) -> None:
+        """Attach the training data and objective (called by nemo_nvembed.train before fit).
+
+        With ``trace_dir``, each rank appends the source lines of every batch it trains on to
+        ``samples.rank<r>.jsonl`` there (a resumed run appends; the last entry of a step wins).
+        """
         from nemo_nvembed.training import BatchStream, ContrastiveObjective
 
         self.train_cfg, self._sampler, self._max_steps = train_cfg, sampler, max_steps
+        self._trace = None
+        if trace_dir is not None:
+            import torch.distributed as dist
+
+            self._trace = open(f"{trace_dir}/samples.rank{dist.get_rank()}.jsonl", "a", buffering=1)
         self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size)
         self._train_dl = BatchStream(examples, sampler, registry, self.text, train_cfg.data,
                                      train_cfg.loss.in_batch_negatives, start=lambda: self.trainer.global_step)
@@ -150,6 +160,8 @@ class NVEmbedModel(ModelPT):
         if batch.step != self.trainer.global_step:
             raise RuntimeError(f"data stream at step {batch.step} but trainer at step {self.trainer.global_step}")
         loss, out = self.objective.step(self, batch)
+        if self._trace is not None:
+            self._trace.write(json.dumps({"step": batch.step, "lines": batch.lines}) + "\n")
         self.log_dict({"train_loss": out.global_loss, "train_acc": out.accuracy, "masked_duplicates": out.num_masked.float(),
                        "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}, prog_bar=True, batch_size=len(batch.pos_keys))
         self.log_dict({"skipped_nonfinite": float(self.objective.skipped_nonfinite),

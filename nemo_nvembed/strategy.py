@@ -24,6 +24,19 @@ from lightning.pytorch.strategies import DDPStrategy
 from nemo_nvembed import distributed, tp_layout
 
 
+def sum_gradients(params, group) -> None:
+    """SUM the gradients of trainable parameters over ``group``, coalesced into one buffer."""
+    grads = [p.grad for p in params if p.requires_grad and p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = str(path)
@@ -63,18 +76,8 @@ class MegatronDPStrategy(DDPStrategy):
         return super().optimizer_step(optimizer, closure_then_reduce, model, **kwargs)
 
     def reduce_gradients(self) -> None:
-        """SUM the gradients of trainable parameters over the data-parallel group (one buffer)."""
-        if distributed.dp_size() == 1:
-            return
-        grads = [p.grad for p in self.lightning_module.parameters() if p.requires_grad and p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=distributed.dp_group())
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        if distributed.dp_size() > 1:
+            sum_gradients(self.lightning_module.parameters(), distributed.dp_group())
 
     # ---------------------------------------------------------------- TP-independent checkpoints
     def _trainable(self):

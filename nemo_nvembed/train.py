@@ -98,7 +98,7 @@ def run(cfg: DictConfig) -> Path | None:
     if rank0:
         write_run_info(log_dir, cfg)
     model.set_trainer(trainer)
-    model.setup_contrastive(tcfg, registry, loaded.examples, sampler, cfg.trainer.max_steps)
+    model.setup_contrastive(tcfg, registry, loaded.examples, sampler, cfg.trainer.max_steps, trace_dir=log_dir)
     trainer.fit(model)
     model.save_to(str(out))
     if rank0:

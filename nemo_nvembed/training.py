@@ -25,6 +25,7 @@ class ContrastiveBatch:
     pos_keys: list[str]
     neg_keys: list[list[str]]
     num_negatives: int
+    lines: list[int]  # source lines of the examples (traces, error messages)
 
 
 class BatchStream:
@@ -49,7 +50,7 @@ class BatchStream:
         docs = self.text([d for e in exs for d in (e.pos, *e.neg)], None, self.cfg.doc_max_length)
         in_batch = torch.tensor([self.stage_in_batch and t.in_batch_negatives for t in tasks])
         return ContrastiveBatch(step, queries, docs, in_batch, [e.pos_key for e in exs],
-                                [list(e.neg_keys) for e in exs], len(exs[0].neg))
+                                [list(e.neg_keys) for e in exs], len(exs[0].neg), [e.line for e in exs])
 
 
 class ContrastiveObjective:

@@ -1,0 +1,224 @@
+"""Training: the DP-gathered stage-1 step vs one process with the whole batch (real model),
+resume after a kill equals an uninterrupted run, config validation, and a demo smoke run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_config
+from dist_utils import run_distributed
+
+TASKS = str(REPO / "conf" / "tasks.yaml")
+
+
+def write_examples(path: Path, n: int = 24, k: int = 3) -> None:
+    """Retrieval examples; queries 0 and 1 share a positive (a duplicate that must be masked)."""
+    rows = []
+    for i in range(n):
+        pos = "shared passage about lists" if i in (0, 1) else f"passage number {i} about topic {i % 5}"
+        pos_id = "shared" if i in (0, 1) else f"p{i}"
+        rows.append({"task": "PyDocRetrieval", "query": f"question {i} on topic {i % 5}", "pos": pos, "pos_id": pos_id,
+                     "neg": [f"negative {i}-{j} text" for j in range(k)], "neg_ids": [f"n{i}-{j}" for j in range(k)]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _grads_for(model, data_path, global_batch, dp_rank, dp_size, in_batch):
+    from omegaconf import OmegaConf
+
+    from nemo_nvembed import distributed, tp_layout
+    from nemo_nvembed.data.jsonl import load_examples
+    from nemo_nvembed.data.sampler import GlobalBatchSampler
+    from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.strategy import sum_gradients
+    from nemo_nvembed.train_config import validate_train_config
+    from nemo_nvembed.training import BatchStream, ContrastiveObjective
+
+    tcfg = validate_train_config(OmegaConf.create({
+        "data": {"path": str(data_path), "tasks": TASKS, "num_negatives": 3, "global_batch_size": global_batch},
+        "loss": {"temperature": 0.05, "in_batch_negatives": in_batch}, "optim": {"lr": 1e-3}}))
+    registry = TaskRegistry.from_yaml(TASKS)
+    exs = load_examples(data_path, registry, 3).examples
+    sampler = GlobalBatchSampler([e.task for e in exs], registry, global_batch, dp_rank, dp_size, 0, "blend")
+    stream = BatchStream(exs, sampler, registry, model.text, tcfg.data, in_batch, start=lambda: 0)
+    batch = next(iter(stream))
+    loss, out = ContrastiveObjective(tcfg, global_batch).step(model, batch)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    if dp_size > 1:
+        sum_gradients(model.parameters(), distributed.dp_group())
+    return out.global_loss.detach(), tp_layout.full_grads(model)
+
+
+def _dp_worker(rank, world, tokenizer_file, full, data_path, in_batch):
+    from nemo_nvembed import distributed
+    from nemo_nvembed.model import NVEmbedModel
+
+    distributed.initialize(1)  # TP=1, DP=2
+    model = NVEmbedModel(tiny_config(tokenizer_file, **{"lora.dropout": 0.0}))
+    model.load_full_state_dict(full)
+    return _grads_for(model, data_path, 8, rank, world, in_batch)
+
+
+@pytest.mark.parametrize("in_batch", [True, False], ids=["stage1", "stage2"])
+def test_dp2_step_equals_one_process_with_whole_batch(in_batch, tokenizer_file, single_process, tmp_path):
+    from nemo_nvembed.model import NVEmbedModel
+
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    model = NVEmbedModel(tiny_config(tokenizer_file, **{"lora.dropout": 0.0}))
+    full = model.full_state_dict()
+    g = torch.Generator().manual_seed(3)
+    for k in full:
+        if k.endswith("lora_B"):
+            full[k] = 0.05 * torch.randn(full[k].shape, generator=g)
+    model.load_full_state_dict(full)
+    ref_loss, ref_grads = _grads_for(model, data, 8, 0, 1, in_batch)
+    for loss, grads in run_distributed(_dp_worker, 2, tokenizer_file, full, data, in_batch, timeout_s=300):
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == ref_grads.keys()
+        for k in ref_grads:
+            scale = ref_grads[k].abs().max().item()  # fp32 summation order differs: tolerance relative to the tensor
+            torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-5 * scale, msg=lambda m: f"{k}: {m}")
+
+
+# ---------------------------------------------------------------- whole runs through torchrun
+
+def torchrun_cmd(run_root: Path, base: Path, data: Path, max_steps: int, extra=()):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "nemo_nvembed.train",
+            "--config-name", "stage1", "model=tiny", f"run_root={run_root}", f"init_from={base}",
+            f"train.data.path={data}", f"train.data.tasks={TASKS}", "train.data.global_batch_size=8",
+            "train.data.num_negatives=3", "train.data.query_max_length=32", "train.data.doc_max_length=32",
+            "train.optim.lr=1e-3", "train.optim.warmup_steps=2", "trainer.precision=32-true",
+            f"trainer.max_steps={max_steps}", "exp_manager.checkpoint_callback_params.every_n_train_steps=2",
+            "trainer.enable_progress_bar=false", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, tokenizer_file):
+    path = tmp_path_factory.mktemp("base") / "tiny_base.nemo"
+    script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+              "from conftest import tiny_config\nfrom nemo_nvembed.model import NVEmbedModel\n"
+              f"NVEmbedModel.from_config(tiny_config({tokenizer_file!r})).save_to({str(path)!r})\n")
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    return path
+
+
+def nemo_weights(path: Path) -> dict:
+    with tarfile.open(path) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("model_weights.ckpt"))
+        return torch.load(tar.extractfile(member), map_location="cpu")
+
+
+def last_trace(run_dir: Path) -> dict:
+    """(rank, step) -> example lines, the last entry of a step winning (a resumed run replays)."""
+    out = {}
+    for f in sorted(run_dir.glob("samples.rank*.jsonl")):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            out[(f.name, r["step"])] = r["lines"]
+    return out
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_base):
+    data = tmp_path / "train.jsonl"
+    write_examples(data, n=40)
+    steps = 12
+    straight = tmp_path / "straight"
+    subprocess.run(torchrun_cmd(straight, tiny_base, data, steps), check=True, capture_output=True, cwd=REPO)
+
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen(torchrun_cmd(resumed, tiny_base, data, steps), cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = resumed / "stage1" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(ckpt_dir.glob("*step=4*.ckpt")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # a crash: no chance to clean up
+    proc.wait()
+    assert not (resumed / "stage1" / "stage1.nemo").exists(), "the run finished before it could be killed"
+    done_before = max(s for (_, s) in last_trace(resumed / "stage1"))
+    assert done_before < steps - 1
+    subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps), check=True, capture_output=True, cwd=REPO)
+
+    a = nemo_weights(straight / "stage1" / "stage1.nemo")
+    b = nemo_weights(resumed / "stage1" / "stage1.nemo")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    # Same samples, step by step, on both ranks; every step trained exactly once in effect.
+    ta, tb = last_trace(straight / "stage1"), last_trace(resumed / "stage1")
+    assert ta == tb and sorted({s for (_, s) in ta}) == list(range(steps))
+    # Relaunching a finished stage is a no-op.
+    p = subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps), check=True, capture_output=True, text=True, cwd=REPO)
+    assert "already finished" in p.stdout
+
+
+def test_nonfinite_loss_stops_with_the_step(tmp_path, tiny_base):
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    p = subprocess.run(torchrun_cmd(tmp_path / "r", tiny_base, data, 3, ["train.loss.temperature=1e-45"]),
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode != 0 and "non-finite loss" in p.stdout + p.stderr and "at step 0" in p.stdout + p.stderr
+
+
+def test_stage_config_mismatch_is_named(tmp_path, tiny_base):
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    p = subprocess.run(torchrun_cmd(tmp_path / "r", tiny_base, data, 3, ["model.pooling.num_latents=8"]),
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode != 0 and "model.pooling.num_latents" in p.stdout + p.stderr
+
+
+def test_every_stage_yaml_composes_and_validates():
+    from hydra import compose, initialize_config_dir
+
+    from nemo_nvembed.config import validate_model_config
+    from nemo_nvembed.train_config import validate_train_config
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        for name in ("stage1", "stage2"):
+            cfg = compose(config_name=name, overrides=["train.data.path=x.jsonl", "train.data.tasks=conf/tasks.yaml"])
+            validate_model_config(cfg.model, require_complete=False)
+            t = validate_train_config(cfg.train)
+            assert t.data.global_batch_size == 128 and t.data.num_negatives == 7
+    assert (t.optim.lr, t.loss.in_batch_negatives, cfg.trainer.max_steps) == (1.5e-5, False, 18000)
+
+
+def test_demo_smoke(tmp_path, tokenizer_file):
+    """The demo pipeline end to end on a tiny random HF Mistral: data, convert, eval, two stages."""
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer, MistralConfig, MistralModel
+
+    hf = tmp_path / "tiny_hf"
+    torch.manual_seed(0)
+    MistralModel(MistralConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                               rms_norm_eps=1e-5, rope_theta=10000.0)).save_pretrained(hf)
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_file=tokenizer_file, eos_token="<|im_end|>", pad_token="<|im_end|>",
+                            bos_token="<|im_start|>").save_pretrained(hf)
+    cfg = OmegaConf.load(REPO / "conf" / "demo.yaml")
+    cfg.out = str(tmp_path / "demo")
+    cfg.base_source, cfg.base_model_config = str(hf), "tiny"
+    cfg.eval_precision = "fp32"
+    cfg.common = [x for x in cfg.common if not x.startswith("model=")] + ["model=tiny", "trainer.precision=32-true"]
+    cfg.stage1 = [x for x in cfg.stage1 if "max_steps" not in x] + ["trainer.max_steps=2"]
+    cfg.stage2 = [x for x in cfg.stage2 if "max_steps" not in x] + ["trainer.max_steps=2"]
+    OmegaConf.save(cfg, tmp_path / "demo.yaml")
+    p = subprocess.run([sys.executable, "-m", "nemo_nvembed.demo", "--config", str(tmp_path / "demo.yaml")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert list(results) == ["base model, mean pooling", "after stage1", "after stage2"]
+    assert (tmp_path / "demo" / "runs" / "stage2" / "stage2.nemo").exists()
+    assert "| after stage2 |" in p.stdout
