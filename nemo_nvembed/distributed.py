@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ class DistEnv:
     master_addr: str
     master_port: int
     local_world_size: int = 1
+    launcher: str = "none"  # torchrun | slurm | none
 
     @property
     def num_nodes(self) -> int:
@@ -39,17 +41,34 @@ def _free_port() -> int:
 def read_env() -> DistEnv:
     """Rank layout from torchrun or Slurm variables; a world of one when neither is set."""
     env = os.environ
+    addr = env.get("MASTER_ADDR")
     if "RANK" in env and "WORLD_SIZE" in env:
+        launcher = "torchrun"
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
         local_world = int(env.get("LOCAL_WORLD_SIZE", world))
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_JOB_ID" in env:
+        launcher = "slurm"
         rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
         local_world = world // int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", 1)))
+        if addr is None:  # e.g. submitit's srun: the first host of the allocation, a job-specific port
+            addr = _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+            env["MASTER_ADDR"] = addr  # Lightning's SLURM environment reads the same variables
+            env.setdefault("MASTER_PORT", str(20000 + int(env["SLURM_JOB_ID"]) % 20000))
     else:
-        rank, world, local, local_world = 0, 1, 0, 1
-    addr = env.get("MASTER_ADDR", "127.0.0.1")
+        launcher, rank, world, local, local_world = "none", 0, 1, 0, 1
+    addr = addr or "127.0.0.1"
     port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else (_free_port() if world == 1 else 29500)
-    return DistEnv(rank, world, local, addr, port, local_world)
+    return DistEnv(rank, world, local, addr, port, local_world, launcher)
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return nodelist.split(",")[0].split("[")[0]
 
 
 def init_process_group(backend: str | None = None) -> DistEnv:

@@ -52,6 +52,7 @@ def run(cfg: DictConfig) -> Path | None:
     from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.tasks import TaskRegistry
     from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.preemption import PreemptionCheckpoint
     from nemo_nvembed.run_info import write_run_info
     from nemo_nvembed.strategy import MegatronDPStrategy
     from nemo_nvembed.training import RetrievalValidation
@@ -87,12 +88,18 @@ def run(cfg: DictConfig) -> Path | None:
     with open_dict(cfg):  # the launcher decides devices and nodes; the resolved config records them
         cfg.trainer.devices = env.local_world_size
         cfg.trainer.num_nodes = env.num_nodes
-    callbacks = []
+    preemption = PreemptionCheckpoint(Path(cfg.exp_manager.explicit_log_dir or "."))
+    callbacks = [preemption]
     if tcfg.validation.beir:
         precision = "bf16" if "bf16" in str(cfg.trainer.precision) else "fp32"
         callbacks.append(RetrievalValidation(tcfg.validation.beir, registry[tcfg.validation.task].eval_instruction,
                                              tcfg.validation.every_n_steps, tcfg.validation.batch_size, precision))
-    trainer = pl.Trainer(strategy=MegatronDPStrategy(tp, seed=mcfg.seed), callbacks=callbacks,
+    plugins = []
+    if env.launcher == "slurm":  # our PreemptionCheckpoint handles Slurm's signals, not Lightning's auto-requeue
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer = pl.Trainer(strategy=MegatronDPStrategy(tp, seed=mcfg.seed), callbacks=callbacks, plugins=plugins,
                          **OmegaConf.to_container(cfg.trainer, resolve=True))
     log_dir = exp_manager(trainer, cfg.exp_manager)
     if rank0:
@@ -100,6 +107,10 @@ def run(cfg: DictConfig) -> Path | None:
     model.set_trainer(trainer)
     model.setup_contrastive(tcfg, registry, loaded.examples, sampler, cfg.trainer.max_steps, trace_dir=log_dir)
     trainer.fit(model)
+    if preemption.stopped:
+        if rank0:
+            print(f"stage {cfg.name} stopped by a signal at step {trainer.global_step}; relaunch to resume", flush=True)
+        return None
     model.save_to(str(out))
     if rank0:
         print(f"stage {cfg.name} finished at step {trainer.global_step}: wrote {out}", flush=True)

@@ -1,0 +1,63 @@
+# shellcheck shell=bash
+# What launch/stage1.sh and launch/stage2.sh share, written once: environment, rendezvous,
+# container, and requeue after preemption. Sourced, not executed.
+#
+# Environment (all optional):
+#   NVEMBED_HOME    the repository checkout (default: the directory sbatch was called from)
+#   NVEMBED_OUT     where stage runs land: $NVEMBED_OUT/stage1/stage1.nemo, ... (default: $NVEMBED_HOME/runs)
+#   NVEMBED_DATA    data folder, exported for configs that refer to it (default: $NVEMBED_HOME/data)
+#   NVEMBED_IMAGE   container image (pyxis/enroot); unset = run in the current environment
+#   NVEMBED_MOUNTS  container mounts (default: $NVEMBED_HOME, $NVEMBED_OUT, $NVEMBED_DATA at the same paths)
+#   NVEMBED_PYTHON  python to run outside a container (default: $NVEMBED_HOME/.venv/bin/python if present, else python)
+
+nvembed_setup() {
+    : "${SLURM_JOB_ID:?launch scripts run under sbatch}"
+    NVEMBED_HOME=${NVEMBED_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}
+    NVEMBED_OUT=${NVEMBED_OUT:-$NVEMBED_HOME/runs}
+    NVEMBED_DATA=${NVEMBED_DATA:-$NVEMBED_HOME/data}
+    if [ -z "${NVEMBED_PYTHON:-}" ]; then
+        if [ -z "${NVEMBED_IMAGE:-}" ] && [ -x "$NVEMBED_HOME/.venv/bin/python" ]; then
+            NVEMBED_PYTHON=$NVEMBED_HOME/.venv/bin/python
+        else
+            NVEMBED_PYTHON=python
+        fi
+    fi
+    NVEMBED_MOUNTS=${NVEMBED_MOUNTS:-$NVEMBED_HOME:$NVEMBED_HOME,$NVEMBED_OUT:$NVEMBED_OUT,$NVEMBED_DATA:$NVEMBED_DATA}
+    export NVEMBED_HOME NVEMBED_OUT NVEMBED_DATA NVEMBED_PYTHON
+    mkdir -p "$NVEMBED_OUT"
+
+    # Rendezvous: the first node of the allocation; a port derived from the job id so that jobs
+    # sharing a node do not collide. Ranks come from srun (SLURM_PROCID / SLURM_LOCALID).
+    MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+    export MASTER_ADDR MASTER_PORT
+    export TOKENIZERS_PARALLELISM=false
+    echo "[nvembed] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NUM_NODES node(s), ${SLURM_NTASKS} task(s); master $MASTER_ADDR:$MASTER_PORT; out $NVEMBED_OUT"
+}
+
+# srun one process per GPU (one per task), in the container when NVEMBED_IMAGE is set.
+nvembed_srun() {
+    local args=(--kill-on-bad-exit=1 --export=ALL)
+    if [ -n "${NVEMBED_IMAGE:-}" ]; then
+        args+=(--container-image="$NVEMBED_IMAGE" --container-mounts="$NVEMBED_MOUNTS" --container-workdir="$NVEMBED_HOME")
+    fi
+    srun "${args[@]}" "$@"
+}
+
+# Run one training stage; Hydra overrides pass through unchanged. When the stage stopped for
+# preemption or a time limit (it saved a checkpoint and left a PREEMPTED marker), requeue this
+# job: on restart the same command resumes from that checkpoint.
+nvembed_train() {
+    local stage=$1
+    shift
+    local marker="$NVEMBED_OUT/$stage/PREEMPTED"
+    rm -f "$marker"
+    local rc=0
+    nvembed_srun "$NVEMBED_PYTHON" -m nemo_nvembed.train --config-name "$stage" "run_root=$NVEMBED_OUT" "$@" || rc=$?
+    if [ -f "$marker" ]; then
+        echo "[nvembed] $stage stopped at a checkpoint after a signal; requeueing job $SLURM_JOB_ID"
+        scontrol requeue "$SLURM_JOB_ID"
+        exit 0
+    fi
+    return "$rc"
+}

