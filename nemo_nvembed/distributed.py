@@ -111,6 +111,25 @@ def initialize(tensor_model_parallel_size: int = 1, seed: int = 1234, backend: s
     cpu_compat.model_parallel_seed(seed)
 
 
+def reseed_for_step(seed: int, step: int) -> None:
+    """Make this step's random draws (dropout) a function of (seed, step, rank) only.
+
+    A resumed run then draws exactly what an uninterrupted one drew, without RNG state in the
+    checkpoint. Replicas inside a TP group share the default generator (replicated dropout must
+    agree); the model-parallel tracker differs per TP rank, as megatron's seeding does.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+
+    base = (seed * 1_000_003 + step * 7_919) % (2**62)
+    torch.manual_seed(base + 104_729 * ps.get_data_parallel_rank())
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed(base + 104_729 * ps.get_data_parallel_rank())
+    tracker = tensor_parallel.get_cuda_rng_tracker()
+    tracker.reset()
+    tracker.add("model-parallel-rng", base + 2718 + ps.get_tensor_model_parallel_rank())
+
+
 def is_initialized() -> bool:
     from megatron.core import parallel_state as ps
 

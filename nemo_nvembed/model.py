@@ -139,7 +139,8 @@ class NVEmbedModel(ModelPT):
         """Attach the training data and objective (called by nemo_nvembed.train before fit).
 
         With ``trace_dir``, each rank appends the source lines of every batch it trains on to
-        ``samples.rank<r>.jsonl`` there (a resumed run appends; the last entry of a step wins).
+        ``samples/rank<r>.jsonl`` there (a resumed run appends; the last entry of a step wins; a
+        folder, because exp_manager moves a resumed run's top-level files into run_<n>/).
         """
         from nemo_nvembed.training import BatchStream, ContrastiveObjective
 
@@ -148,7 +149,11 @@ class NVEmbedModel(ModelPT):
         if trace_dir is not None:
             import torch.distributed as dist
 
-            self._trace = open(f"{trace_dir}/samples.rank{dist.get_rank()}.jsonl", "a", buffering=1)
+            from pathlib import Path
+
+            folder = Path(trace_dir) / "samples"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._trace = open(folder / f"rank{dist.get_rank()}.jsonl", "a", buffering=1)
         self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size)
         self._train_dl = BatchStream(examples, sampler, registry, self.text, train_cfg.data,
                                      train_cfg.loss.in_batch_negatives, start=lambda: self.trainer.global_step)
@@ -159,6 +164,7 @@ class NVEmbedModel(ModelPT):
     def training_step(self, batch, batch_idx):
         if batch.step != self.trainer.global_step:
             raise RuntimeError(f"data stream at step {batch.step} but trainer at step {self.trainer.global_step}")
+        distributed.reseed_for_step(self._cfg.seed, batch.step)
         loss, out = self.objective.step(self, batch)
         if self._trace is not None:
             self._trace.write(json.dumps({"step": batch.step, "lines": batch.lines}) + "\n")

@@ -24,12 +24,12 @@ def _sh(cmd: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def _install() -> str | None:
-    if shutil.which("sbatch") and shutil.which("slurmctld") and shutil.which("munged"):
+    if all(shutil.which(x) for x in ("sbatch", "slurmctld", "munged", "shellcheck")):
         return None
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return "Slurm is not installed and apt-get (as root) is not available to install it"
     env = "DEBIAN_FRONTEND=noninteractive"
-    p = _sh(f"{env} apt-get install -y -q slurm-wlm munge || ({env} apt-get update -q && {env} apt-get install -y -q slurm-wlm munge)",
+    p = _sh(f"{env} apt-get install -y -q slurm-wlm munge shellcheck || ({env} apt-get update -q && {env} apt-get install -y -q slurm-wlm munge shellcheck)",
             timeout=900)
     if p.returncode != 0:
         return f"apt-get install slurm-wlm munge failed: {p.stderr[-500:]}"

@@ -76,7 +76,7 @@ def test_preempted_job_requeues_resumes_and_matches(slurm, tmp_path, tiny_base):
     pre = tmp_path / "preempted"
     pre.mkdir()
     jid = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), pre)
-    trace = pre / "stage1" / "samples.rank0.jsonl"
+    trace = pre / "stage1" / "samples" / "rank0.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (trace.exists() and len(trace.read_text().splitlines()) >= 8):
         time.sleep(0.2)

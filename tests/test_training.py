@@ -121,7 +121,7 @@ def nemo_weights(path: Path) -> dict:
 def last_trace(run_dir: Path) -> dict:
     """(rank, step) -> example lines, the last entry of a step winning (a resumed run replays)."""
     out = {}
-    for f in sorted(run_dir.glob("samples.rank*.jsonl")):
+    for f in sorted(run_dir.glob("samples/rank*.jsonl")):
         for line in f.read_text().splitlines():
             r = json.loads(line)
             out[(f.name, r["step"])] = r["lines"]
