@@ -31,10 +31,11 @@ def use_transformer_engine() -> bool:
     return True
 
 
-def transformer_config(backbone_cfg, tp: int, dtype: torch.dtype = torch.float32) -> TransformerConfig:
+def transformer_config(backbone_cfg, tp: int, recompute=None, dtype: torch.dtype = torch.float32) -> TransformerConfig:
     """Megatron config for a Mistral/Llama backbone. Fusions only where their kernels exist."""
     on_gpu = cpu_compat.cuda_available()
     b = backbone_cfg
+    granularity = recompute.granularity if recompute is not None else None
     return TransformerConfig(
         num_layers=b.num_layers,
         hidden_size=b.hidden_size,
@@ -63,6 +64,9 @@ def transformer_config(backbone_cfg, tp: int, dtype: torch.dtype = torch.float32
         persist_layer_norm=on_gpu,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
+        recompute_granularity=granularity,
+        recompute_method=recompute.method if granularity == "full" else None,
+        recompute_num_layers=recompute.num_layers if granularity == "full" else None,
     )
 
 
@@ -89,8 +93,8 @@ class GPTEncoder(GPTModel):
         return hidden_states  # [s, b, h] (sequence-parallel shard when SP is on)
 
 
-def build_backbone(backbone_cfg, attention: str, tp: int) -> GPTEncoder:
-    config = transformer_config(backbone_cfg, tp)
+def build_backbone(backbone_cfg, attention: str, tp: int, recompute=None) -> GPTEncoder:
+    config = transformer_config(backbone_cfg, tp, recompute)
     return GPTEncoder(
         config=config,
         transformer_layer_spec=layer_spec(attention),

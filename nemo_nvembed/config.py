@@ -65,11 +65,19 @@ class TokenizerConfig:
 
 
 @dataclass
+class RecomputeConfig:
+    granularity: Optional[str] = None  # null (off) | full | selective (megatron-core's recompute settings)
+    method: Optional[str] = "uniform"  # full: uniform | block
+    num_layers: Optional[int] = 1  # full: layers per recomputed unit (uniform) or recomputed layers (block)
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     attention: str = "bidirectional"
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_length: int = 512
     query_template: str = "Instruct: {instruction}\nQuery: "
@@ -114,6 +122,10 @@ def _check_values(cfg: DictConfig, source: str) -> None:
     for name in cfg.lora.target_modules:
         if name not in LORA_TARGETS:
             bad("lora.target_modules", f"{name!r} is not one of {LORA_TARGETS}")
+    if cfg.recompute.granularity not in (None, "full", "selective"):
+        bad("recompute.granularity", f"{cfg.recompute.granularity!r} is not null, 'full' or 'selective'")
+    if cfg.recompute.granularity == "full" and cfg.recompute.method not in ("uniform", "block"):
+        bad("recompute.method", f"{cfg.recompute.method!r} is not 'uniform' or 'block'")
     if "{instruction}" not in cfg.query_template:
         bad("query_template", "must contain '{instruction}'")
     b = cfg.backbone

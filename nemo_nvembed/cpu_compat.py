@@ -3,7 +3,8 @@
 megatron-core hard-codes a few CUDA entry points: ``torch.cuda.current_device()`` as the
 device of freshly allocated buffers (RoPE frequencies, gather buffers), the CUDA RNG tracker
 that forks the random state for tensor-parallel dropout and initialisation, and CUDA-only
-autocast decorators on its linear autograd functions (their backward would otherwise mix a
+autocast decorators on its linear autograd functions, the CUDA RNG state that activation
+recompute saves and restores (their backward would otherwise mix a
 bf16 gradient with an fp32 weight under CPU autocast). This module redirects exactly those
 to the CPU. It does nothing when CUDA is available, so the GPU
 path is megatron-core's own, unpatched.
@@ -84,6 +85,9 @@ def activate() -> None:
     # The RNG tracker megatron asks for becomes a CPU one.
     mrandom._CUDA_RNG_STATE_TRACKER = CPURNGStatesTracker()
     mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    # Activation recompute saves/restores "the CUDA RNG state" around the recomputed forward.
+    mrandom._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    mrandom._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     # Linear autograd functions: re-decorate for CPU autocast (backward runs in forward's autocast state).
     from megatron.core.tensor_parallel import layers
 

@@ -111,8 +111,8 @@ def initialize(tensor_model_parallel_size: int = 1, seed: int = 1234, backend: s
     cpu_compat.model_parallel_seed(seed)
 
 
-def reseed_for_step(seed: int, step: int) -> None:
-    """Make this step's random draws (dropout) a function of (seed, step, rank) only.
+def reseed_for_step(seed: int, step: int, salt: int = 0) -> None:
+    """Make this step's random draws (dropout) a function of (seed, step, salt, rank) only.
 
     A resumed run then draws exactly what an uninterrupted one drew, without RNG state in the
     checkpoint. Replicas inside a TP group share the default generator (replicated dropout must
@@ -121,7 +121,7 @@ def reseed_for_step(seed: int, step: int) -> None:
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
-    base = (seed * 1_000_003 + step * 7_919) % (2**62)
+    base = (seed * 1_000_003 + step * 7_919 + salt * 15_485_863) % (2**62)
     torch.manual_seed(base + 104_729 * ps.get_data_parallel_rank())
     if torch.cuda.is_available():
         torch.cuda.manual_seed(base + 104_729 * ps.get_data_parallel_rank())

@@ -38,8 +38,13 @@ class NVEmbedModel(ModelPT):
         super().__init__(cfg=cfg, trainer=trainer)
         self._save_restore_connector = TPAgnosticConnector()
         c = self._cfg
-        self.backbone = build_backbone(c.backbone, c.attention, tp)
+        self.backbone = build_backbone(c.backbone, c.attention, tp, c.recompute)
         self.lora_modules = apply_lora(self.backbone, c.lora)
+        if c.recompute.granularity == "full":
+            # megatron's recompute is a reentrant autograd function: it back-propagates only when
+            # its input requires grad, which the frozen embedding's output does not.
+            self.backbone.embedding.register_forward_hook(
+                lambda module, args, out: out.requires_grad_(True) if torch.is_grad_enabled() else out)
         self.latent_attention_model = Pooler(c.pooling, c.backbone.hidden_size, self.backbone.config, tp)
         tok_file = self.register_artifact("tokenizer.file", c.tokenizer.file)
         self.tokenizer = load_tokenizer(c.tokenizer, tok_file)
@@ -154,7 +159,7 @@ class NVEmbedModel(ModelPT):
             folder = Path(trace_dir) / "samples"
             folder.mkdir(parents=True, exist_ok=True)
             self._trace = open(folder / f"rank{dist.get_rank()}.jsonl", "a", buffering=1)
-        self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size)
+        self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size, self._cfg.seed)
         self._train_dl = BatchStream(examples, sampler, registry, self.text, train_cfg.data,
                                      train_cfg.loss.in_batch_negatives, start=lambda: self.trainer.global_step)
 
@@ -164,15 +169,27 @@ class NVEmbedModel(ModelPT):
     def training_step(self, batch, batch_idx):
         if batch.step != self.trainer.global_step:
             raise RuntimeError(f"data stream at step {batch.step} but trainer at step {self.trainer.global_step}")
-        distributed.reseed_for_step(self._cfg.seed, batch.step)
+        # Gradients are zeroed here, not by Lightning (which zeroes between training_step and
+        # backward): GradCache back-propagates inside the step.
+        for opt in self.trainer.optimizers:
+            opt.zero_grad(set_to_none=True)
         loss, out = self.objective.step(self, batch)
+        if loss is not None and not loss.requires_grad:  # GradCache: gradients are already in place
+            loss = loss.detach().requires_grad_()
         if self._trace is not None:
             self._trace.write(json.dumps({"step": batch.step, "lines": batch.lines}) + "\n")
         self.log_dict({"train_loss": out.global_loss, "train_acc": out.accuracy, "masked_duplicates": out.num_masked.float(),
                        "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}, prog_bar=True, batch_size=len(batch.pos_keys))
+        tok = self.objective.tokens
         self.log_dict({"skipped_nonfinite": float(self.objective.skipped_nonfinite),
-                       "truncated_texts": float(self.objective.truncated_texts)}, batch_size=len(batch.pos_keys))
+                       "truncated_texts": float(self.objective.truncated_texts),
+                       "tokens_real": float(tok["real"]), "tokens_padded": float(tok["padded"]),
+                       "padding_waste": (tok["padded"] - tok["real"]) / max(1, tok["padded"])},
+                      batch_size=len(batch.pos_keys))
         return loss
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+        pass  # see training_step
 
     def configure_optimizers(self):
         from nemo_nvembed.training import build_optimizer

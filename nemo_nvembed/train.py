@@ -71,8 +71,13 @@ def run(cfg: DictConfig) -> Path | None:
     tp = cfg.parallel.tensor_model_parallel_size
     distributed.initialize(tp, seed=mcfg.seed)
 
-    model = NVEmbedModel.restore_from(cfg.init_from)
-    check_architecture(model.cfg, mcfg, cfg.init_from)
+    # Runtime-only model settings (activation recompute) come from the stage config, the rest from
+    # init_from, which the stage config must describe (check_architecture).
+    saved = NVEmbedModel.restore_from(cfg.init_from, return_config=True)
+    check_architecture(saved, mcfg, cfg.init_from)
+    with open_dict(saved):
+        saved.recompute = mcfg.recompute
+    model = NVEmbedModel.restore_from(cfg.init_from, override_config_path=saved)
     registry = TaskRegistry.from_yaml(tcfg.data.tasks)
     tok = model.tokenizer
     loaded = load_examples(
@@ -85,6 +90,9 @@ def run(cfg: DictConfig) -> Path | None:
     sampler = GlobalBatchSampler([e.task for e in loaded.examples], registry, tcfg.data.global_batch_size,
                                  distributed.dp_rank(), distributed.dp_size(), tcfg.data.seed, tcfg.data.sampling)
 
+    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ConfigError("trainer.accumulate_grad_batches must be 1: a step is one global batch (in-batch negatives "
+                          "span all of it); use train.chunking.grad_cache=true to fit large batches")
     with open_dict(cfg):  # the launcher decides devices and nodes; the resolved config records them
         cfg.trainer.devices = env.local_world_size
         cfg.trainer.num_nodes = env.num_nodes

@@ -51,11 +51,19 @@ class ValidationConfig:
 
 
 @dataclass
+class ChunkingConfig:
+    chunk_size: int = 0  # sequences per forward chunk (0: the whole local batch at once)
+    length_aware: bool = True  # chunks group sequences of similar length, trimmed to their longest
+    grad_cache: bool = False  # embed without gradients, loss, then chunk-wise backward (memory: one chunk)
+
+
+@dataclass
 class TrainSection:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     nonfinite_loss: str = "error"  # error: stop naming the step; skip: skip the step, counted
 
 
@@ -74,6 +82,8 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
         raise ConfigError(f"{source}: train.nonfinite_loss: {merged.nonfinite_loss!r} is not 'error' or 'skip'")
     if merged.loss.temperature <= 0:
         raise ConfigError(f"{source}: train.loss.temperature must be > 0")
+    if merged.chunking.chunk_size < 0:
+        raise ConfigError(f"{source}: train.chunking.chunk_size must be >= 0")
     if merged.validation.beir and not merged.validation.task:
         raise ConfigError(f"{source}: train.validation.task is required when train.validation.beir is set")
     return merged

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nemo_nvembed import distributed
+from nemo_nvembed import chunking, distributed
 from nemo_nvembed.data.jsonl import Example
 from nemo_nvembed.data.sampler import GlobalBatchSampler
 from nemo_nvembed.data.tasks import TaskRegistry
@@ -54,22 +54,50 @@ class BatchStream:
 
 
 class ContrastiveObjective:
-    def __init__(self, train_cfg, global_batch_size: int):
+    """One contrastive step over the local batch, plain or GradCache (Gao et al., 2021).
+
+    Plain: embed every chunk with gradients, compute the loss; the caller back-propagates it.
+    GradCache: embed every chunk without gradients, compute the loss (including the cross-rank
+    gather) and its gradient w.r.t. the embeddings, then re-run each chunk with gradients and
+    back-propagate the cached embedding gradients, so activation memory is one chunk's whatever
+    the batch size. Both modes chunk identically and replay identical dropout, so they give the
+    same loss and gradients (tested). ``step`` returns (loss to back-propagate or None, LossOutput).
+    """
+
+    def __init__(self, train_cfg, global_batch_size: int, seed: int):
         self.cfg = train_cfg
         self.global_batch_size = global_batch_size
+        self.seed = seed
         self.skipped_nonfinite = 0
         self.truncated_texts = 0
+        self.tokens = {"real": 0, "padded": 0}  # of the last step
 
-    def step(self, model, batch: ContrastiveBatch):
+    def _loss(self, q, d, batch):
         b, k = len(batch.pos_keys), batch.num_negatives
-        q = model.embed_batch(batch.queries)  # [b, d]
-        d = model.embed_batch(batch.docs).view(b, 1 + k, -1)  # [b, 1+k, d]
+        d = d.view(b, 1 + k, -1)  # [b, 1+k, d]: positive then negatives
         group = distributed.dp_group() if distributed.dp_size() > 1 else None
-        out = contrastive_loss(
+        return contrastive_loss(
             q, d[:, 0], d[:, 1:], temperature=self.cfg.loss.temperature, in_batch=batch.in_batch.to(q.device),
             pos_keys=batch.pos_keys, neg_keys=batch.neg_keys, global_batch_size=self.global_batch_size, group=group,
         )
+
+    def step(self, model, batch: ContrastiveBatch):
+        c = self.cfg.chunking
+        q_chunks = chunking.plan(batch.queries.attention_mask, c.chunk_size, c.length_aware)
+        d_chunks = chunking.plan(batch.docs.attention_mask, c.chunk_size, c.length_aware)
+        counts = [chunking.token_counts(batch.queries.attention_mask, q_chunks),
+                  chunking.token_counts(batch.docs.attention_mask, d_chunks)]
+        self.tokens = {"real": sum(r for r, _ in counts), "padded": sum(p for _, p in counts)}
         self.truncated_texts += batch.queries.num_truncated + batch.docs.num_truncated
+        if c.grad_cache:
+            with torch.no_grad():
+                q = chunking.embed(model, batch.queries, q_chunks, self.seed, batch.step, 0)
+                d = chunking.embed(model, batch.docs, d_chunks, self.seed, batch.step, 1)
+            q, d = q.detach().float().requires_grad_(), d.detach().float().requires_grad_()
+        else:
+            q = chunking.embed(model, batch.queries, q_chunks, self.seed, batch.step, 0)  # [b, d]
+            d = chunking.embed(model, batch.docs, d_chunks, self.seed, batch.step, 1)  # [b*(1+k), d]
+        out = self._loss(q, d, batch)
         if not torch.isfinite(out.global_loss):  # global: every rank takes the same branch
             if self.cfg.nonfinite_loss == "error":
                 raise FloatingPointError(
@@ -78,7 +106,12 @@ class ContrastiveObjective:
                 )
             self.skipped_nonfinite += 1
             return None, out
-        return out.loss, out
+        if not c.grad_cache:
+            return out.loss, out
+        out.loss.backward()  # gradients w.r.t. the cached embeddings (through the cross-rank gather)
+        chunking.backward_chunks(model, batch.queries, q_chunks, q.grad, self.seed, batch.step, 0)
+        chunking.backward_chunks(model, batch.docs, d_chunks, d.grad, self.seed, batch.step, 1)
+        return out.loss.detach(), out
 
 
 def build_optimizer(params, optim_cfg, max_steps: int):

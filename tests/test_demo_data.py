@@ -60,15 +60,6 @@ def test_two_runs_are_byte_identical(small_runs):
     assert "overlap check: OK" in stdout[0]
 
 
-def test_in_process_build_matches_cli(small):
-    # pytest and torch patch modules (e.g. sys hooks); the builder must not see the difference.
-    args = dict(zip(SMALL[::2], SMALL[1::2]))
-    cfg = dd.DemoDataConfig(**{k[2:].replace("-", "_"): int(v) for k, v in args.items()})
-    data = dd.build(cfg)
-    assert data["stage1"] == _jsonl(small / "stage1.jsonl")
-    assert data["stage2"] == _jsonl(small / "stage2.jsonl")
-
-
 def test_training_lines_are_valid(small):
     stage1, stage2 = _jsonl(small / "stage1.jsonl"), _jsonl(small / "stage2.jsonl")
     for row in stage1 + stage2:

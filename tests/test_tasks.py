@@ -39,9 +39,9 @@ EXACT = {
     "EmotionClassification": "Classify the emotion expressed in the given Twitter message into one of "
     "the six emotions: anger, fear, joy, love, sadness, and surprise",
     "TwentyNewsgroupsClustering": "Identify the topic or theme of the given news articles",
-    "PyDocRetrieval": "Given a one-line summary of a Python standard-library function, retrieve its documentation",
+    "PyDocRetrieval": "Given a one-line summary of a Python standard-library function or class, retrieve its documentation",
     "PyDocClassification": "Classify the given Python standard-library function summary into the module it belongs to",
-    "PyDocClustering": "Identify the module of a Python standard-library function based on its summary",
+    "PyDocClustering": "Identify the area of the Python standard library based on the titles and summaries",
 }
 
 

@@ -50,7 +50,7 @@ def _grads_for(model, data_path, global_batch, dp_rank, dp_size, in_batch):
     sampler = GlobalBatchSampler([e.task for e in exs], registry, global_batch, dp_rank, dp_size, 0, "blend")
     stream = BatchStream(exs, sampler, registry, model.text, tcfg.data, in_batch, start=lambda: 0)
     batch = next(iter(stream))
-    loss, out = ContrastiveObjective(tcfg, global_batch).step(model, batch)
+    loss, out = ContrastiveObjective(tcfg, global_batch, seed=0).step(model, batch)
     model.zero_grad(set_to_none=True)
     loss.backward()
     if dp_size > 1:

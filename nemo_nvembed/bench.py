@@ -1,0 +1,274 @@
+"""``python -m nemo_nvembed.bench --model smollm2_135m``: our training step vs a plain reference.
+
+Both run the same batch of real text (the demo's retrieval data: ``--queries`` queries x (1
+positive + ``--negatives`` hard negatives)) with random weights of the same shapes, after
+``--warmup`` untimed steps, each system in its own process (so peak memory is its own):
+
+- ours: megatron backbone + TP LoRA + fused latent-attention head, chunked length-aware batching
+  (optionally GradCache), NV-Embed loss, AdamW;
+- reference (:mod:`nemo_nvembed.bench_reference`): transformers model with a non-causal mask,
+  PEFT LoRA, the head and loss in plain PyTorch, padding to the longest text of each group.
+
+Model FLOPs per real token (training, frozen backbone + LoRA, fully trained head), L layers,
+width d, KV width d_kv, FFN width f, sequence length s, head with H heads of width h_d, r latents,
+FF multiplier m:
+    backbone matmuls   N_bb = L * (2 d^2 + 2 d d_kv + 3 d f)
+    backbone attention A_bb = 4 L s d                       (QK^T and AV, forward)
+    head matmuls       N_h  = 2 d H h_d + 2 m d^2 + m d^2   (to_q, to_out, GEGLU in/out)
+    head attention     A_h  = 4 r H h_d
+    FLOPs/token = 2 N_bb + A_bb            (forward)
+                + 2 N_bb + 2 A_bb          (backward: activation gradients only; frozen weights)
+                + 6 N_h + 3 A_h            (head: forward + activation and weight gradients)
+LoRA's own FLOPs are negligible at rank 16 and are left out. MFU = FLOPs/token x real tokens/s /
+peak; the peak is ``--peak-tflops`` or a measured bf16 (GPU: bf16) matmul rate on this machine.
+Results go to ``--out`` as JSON for comparison across commits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nemo_nvembed.paths import CONF, REPO
+
+
+def flops_per_token(model_cfg, seq_len: float) -> float:
+    b, p = model_cfg.backbone, model_cfg.pooling
+    L, d, f = b.num_layers, b.hidden_size, b.ffn_hidden_size
+    d_kv = d // b.num_attention_heads * b.num_query_groups
+    n_bb = L * (2 * d * d + 2 * d * d_kv + 3 * d * f)
+    a_bb = 4 * L * seq_len * d
+    flops = 4 * n_bb + 3 * a_bb
+    if p.type in ("latent_attention", "self_attention"):
+        inner = p.num_heads * p.dim_head
+        n_h = 2 * d * inner + 3 * p.ff_mult * d * d
+        a_h = 4 * (p.num_latents if p.type == "latent_attention" else seq_len) * inner
+        flops += 6 * n_h + 3 * a_h
+    return float(flops)
+
+
+def measure_peak_tflops(device: str) -> float:
+    n = 4096 if device == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    bm = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(2):
+        a @ bm
+    reps = 50 if device == "cuda" else 6
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ bm
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+# ------------------------------------------------------------------------------------ workers
+
+def _setup(spec):
+    from omegaconf import OmegaConf
+
+    from nemo_nvembed import distributed
+    from nemo_nvembed.config import validate_model_config
+    from nemo_nvembed.data.jsonl import load_examples
+    from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.paths import model_config_path
+    from nemo_nvembed.text import TextEncoder, load_tokenizer
+
+    distributed.initialize(1)
+    cfg = OmegaConf.load(model_config_path(spec["model"]))
+    cfg.tokenizer.file = spec["tokenizer"]
+    if spec.get("layers"):
+        cfg.backbone.num_layers = spec["layers"]
+    cfg = validate_model_config(cfg)
+    registry = TaskRegistry.from_yaml(CONF / "tasks.yaml")
+    exs = load_examples(spec["data"], registry, spec["negatives"]).examples[: spec["queries"]]
+    tok = load_tokenizer(cfg.tokenizer, spec["tokenizer"])
+    text = TextEncoder(tok, cfg.query_template, cfg.tokenizer.add_bos, cfg.max_length)
+    return cfg, registry, exs, text
+
+
+def _timed(step, warmup: int, steps: int, device: str) -> list[float]:
+    times = []
+    for i in range(warmup + steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def worker(spec: dict) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg, registry, exs, text = _setup(spec)
+    from omegaconf import OmegaConf
+
+    from nemo_nvembed.train_config import validate_train_config
+    from nemo_nvembed.training import BatchStream
+
+    tcfg = validate_train_config(OmegaConf.create({
+        "data": {"path": spec["data"], "tasks": str(CONF / "tasks.yaml"), "num_negatives": spec["negatives"],
+                 "global_batch_size": spec["queries"], "query_max_length": spec["query_max_length"],
+                 "doc_max_length": spec["doc_max_length"]},
+        "loss": {"temperature": 0.02, "in_batch_negatives": True}, "optim": {"lr": 1e-5},
+        "chunking": {"chunk_size": spec["chunk_size"], "length_aware": spec["length_aware"], "grad_cache": spec["grad_cache"]}}))
+    batch = BatchStream(exs, None, registry, text, tcfg.data, True, start=lambda: 0).collate(0, exs)
+    amp = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
+    k = spec["negatives"]
+
+    if spec["system"] == "ours":
+        from nemo_nvembed.model import NVEmbedModel
+        from nemo_nvembed.training import ContrastiveObjective
+
+        model = NVEmbedModel(cfg).to(device).train()
+        objective = ContrastiveObjective(tcfg, spec["queries"], seed=0)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                loss, _ = objective.step(model, batch)
+            if loss.requires_grad:
+                loss.backward()
+            opt.step()
+
+        times = _timed(step, spec["warmup"], spec["steps"], device)
+        real, padded = objective.tokens["real"], objective.tokens["padded"]
+    else:
+        from nemo_nvembed import bench_reference as ref
+
+        backbone, head = ref.build_reference(cfg)
+        backbone.to(device).train()
+        head.to(device).train()
+        params = [p for p in [*backbone.parameters(), *head.parameters()] if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                loss = ref.step_loss(backbone, head, batch.queries, batch.docs, k, 0.02)
+            loss.backward()
+            opt.step()
+
+        times = _timed(step, spec["warmup"], spec["steps"], device)
+        real = int(batch.queries.attention_mask.sum() + batch.docs.attention_mask.sum())
+        padded = int(batch.queries.attention_mask.numel() + batch.docs.attention_mask.numel())
+    step_s = sum(times) / len(times)
+    peak_mem = (torch.cuda.max_memory_allocated() / 2**30 if device == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    seq_len = real / (len(exs) * (2 + k))
+    return {"system": spec["system"], "device": device, "step_s": step_s, "step_times": times,
+            "tokens_real": real, "tokens_padded": padded, "tokens_per_s_real": real / step_s,
+            "tokens_per_s_padded": padded / step_s, "padding_waste": (padded - real) / padded,
+            "peak_memory_gib": peak_mem, "flops_per_token": flops_per_token(cfg, seq_len),
+            "sequences": len(exs) * (2 + k)}
+
+
+# ------------------------------------------------------------------------------------ driver
+
+def _tokenizer_file(model: str, tmp: Path) -> str:
+    from omegaconf import OmegaConf
+
+    from nemo_nvembed.paths import model_config_path
+
+    cfg = OmegaConf.load(model_config_path(model))
+    path = tmp / "tokenizer.json"
+    from transformers import AutoTokenizer
+
+    from nemo_nvembed.hf_import import smollm2_path
+
+    if cfg.backbone.vocab_size != 49152:
+        raise SystemExit(f"{model}: the benchmark ships only the SmolLM2 tokenizer (vocab 49152)")
+    gguf = smollm2_path()
+    AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf)).backend_tokenizer.save(str(path))
+    return str(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m nemo_nvembed.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2_135m", help="conf/model name (random weights of its shapes)")
+    p.add_argument("--layers", type=int, default=None, help="override the depth (e.g. a reduced-depth mistral_7b)")
+    p.add_argument("--queries", type=int, default=16)
+    p.add_argument("--negatives", type=int, default=7)
+    p.add_argument("--query-max-length", type=int, default=512)
+    p.add_argument("--doc-max-length", type=int, default=512)
+    p.add_argument("--chunk-size", type=int, default=8, help="ours: sequences per chunk (0: whole batch)")
+    p.add_argument("--no-length-aware", action="store_true")
+    p.add_argument("--grad-cache", action="store_true")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: measured bf16 matmul)")
+    p.add_argument("--systems", default="ours,reference")
+    p.add_argument("--data", default=None, help="training JSONL (default: the demo's, built if missing)")
+    p.add_argument("--out", default="bench.json")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print("BENCH_RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = args.data
+        if data is None:
+            data = REPO / "demo_out" / "data" / "stage1.jsonl"
+            if not data.exists():
+                subprocess.run([sys.executable, "-m", "nemo_nvembed.demo_data", "--out", str(tmp / "data")],
+                               check=True, capture_output=True)
+                data = tmp / "data" / "stage1.jsonl"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        peak = args.peak_tflops or measure_peak_tflops(device)
+        spec = {"model": args.model, "layers": args.layers, "tokenizer": _tokenizer_file(args.model, tmp),
+                "data": str(data), "queries": args.queries, "negatives": args.negatives,
+                "query_max_length": args.query_max_length, "doc_max_length": args.doc_max_length,
+                "chunk_size": args.chunk_size, "length_aware": not args.no_length_aware, "grad_cache": args.grad_cache,
+                "precision": args.precision, "warmup": args.warmup, "steps": args.steps}
+        results = []
+        for system in args.systems.split(","):
+            print(f"[bench] {system}: {args.warmup} warm-up + {args.steps} timed steps ...", flush=True)
+            out = subprocess.run([sys.executable, "-m", "nemo_nvembed.bench", "--worker", json.dumps({**spec, "system": system})],
+                                 capture_output=True, text=True, cwd=REPO)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
+            if out.returncode != 0 or line is None:
+                raise SystemExit(f"{system} failed:\n{out.stderr[-3000:]}")
+            r = json.loads(line.split(" ", 1)[1])
+            r["mfu"] = r["flops_per_token"] * r["tokens_per_s_real"] / (peak * 1e12)
+            results.append(r)
+    header = ["system", "step s", "tok/s real", "tok/s padded", "peak mem GiB", "padding", "GFLOP/token", "MFU"]
+    rows = [[r["system"], f"{r['step_s']:.2f}", f"{r['tokens_per_s_real']:.0f}", f"{r['tokens_per_s_padded']:.0f}",
+             f"{r['peak_memory_gib']:.2f}", f"{100 * r['padding_waste']:.1f}%", f"{r['flops_per_token'] / 1e9:.2f}",
+             f"{100 * r['mfu']:.1f}%"] for r in results]
+    print(f"\nmodel {args.model}{f' ({args.layers} layers)' if args.layers else ''}, {device}, {args.precision}, "
+          f"{args.queries} queries x (1 + {args.negatives}) passages, peak {peak:.2f} TFLOP/s"
+          f"{' (measured)' if not args.peak_tflops else ''}")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    summary = {"args": vars(args), "peak_tflops": peak, "results": results}
+    if len(results) == 2:
+        ratio = results[0]["tokens_per_s_real"] / results[1]["tokens_per_s_real"]
+        summary["ratio_tokens_per_s_real"] = ratio
+        print(f"\n{results[0]['system']} / {results[1]['system']}: {ratio:.2f}x real tokens/s, "
+              f"{results[1]['step_s'] / results[0]['step_s']:.2f}x faster steps")
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""GradCache, activation recompute and length-aware chunking against the plain step (fp32, tiny)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import REPO, tiny_config
+from dist_utils import run_distributed
+from test_training import TASKS, write_examples
+
+
+def make_step(model, data_path, global_batch, dp_rank, dp_size, chunking: dict, in_batch=True):
+    """Run one contrastive step; returns (global loss, full-layout summed grads, token counts)."""
+    from nemo_nvembed import distributed, tp_layout
+    from nemo_nvembed.data.jsonl import load_examples
+    from nemo_nvembed.data.sampler import GlobalBatchSampler
+    from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.strategy import sum_gradients
+    from nemo_nvembed.train_config import validate_train_config
+    from nemo_nvembed.training import BatchStream, ContrastiveObjective
+
+    tcfg = validate_train_config(OmegaConf.create({
+        "data": {"path": str(data_path), "tasks": TASKS, "num_negatives": 3, "global_batch_size": global_batch},
+        "loss": {"temperature": 0.05, "in_batch_negatives": in_batch}, "optim": {"lr": 1e-3}, "chunking": chunking}))
+    registry = TaskRegistry.from_yaml(TASKS)
+    exs = load_examples(data_path, registry, 3).examples
+    sampler = GlobalBatchSampler([e.task for e in exs], registry, global_batch, dp_rank, dp_size, 0, "blend")
+    batch = next(iter(BatchStream(exs, sampler, registry, model.text, tcfg.data, in_batch, start=lambda: 0)))
+    model.zero_grad(set_to_none=True)
+    objective = ContrastiveObjective(tcfg, global_batch, seed=5)
+    loss, out = objective.step(model, batch)
+    if loss.requires_grad:
+        loss.backward()
+    if dp_size > 1:
+        sum_gradients(model.parameters(), distributed.dp_group())
+    return out.global_loss.detach(), tp_layout.full_grads(model), objective.tokens
+
+
+def assert_grads_close(a, b):
+    assert a.keys() == b.keys() and a
+    for k in a:
+        scale = b[k].abs().max().item()
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5 * scale + 1e-12, msg=lambda m: f"{k}: {m}")
+
+
+def random_model(tokenizer_file, **overrides):
+    from nemo_nvembed.model import NVEmbedModel
+
+    model = NVEmbedModel(tiny_config(tokenizer_file, **overrides))
+    full = model.full_state_dict()
+    g = torch.Generator().manual_seed(11)
+    for k in full:
+        if k.endswith("lora_B"):
+            full[k] = 0.05 * torch.randn(full[k].shape, generator=g)
+    model.load_full_state_dict(full)
+    return model.train(), full  # dropout ON (lora.dropout 0.1 in tiny.yaml)
+
+
+def _gc_worker(rank, world, tokenizer_file, full, data):
+    from nemo_nvembed import distributed
+    from nemo_nvembed.model import NVEmbedModel
+
+    distributed.initialize(1)
+    model = NVEmbedModel(tiny_config(tokenizer_file)).train()
+    model.load_full_state_dict(full)
+    # 4 queries per rank in chunks of 3 (a last partial chunk of 1); 16 passages in chunks of 3 (last: 1).
+    plain = make_step(model, data, 8, rank, world, {"chunk_size": 3, "grad_cache": False})
+    cached = make_step(model, data, 8, rank, world, {"chunk_size": 3, "grad_cache": True})
+    return plain, cached
+
+
+def test_grad_cache_equals_plain_step_on_two_ranks(tokenizer_file, single_process, tmp_path):
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    _, full = random_model(tokenizer_file)
+    for (p_loss, p_grads, _), (c_loss, c_grads, _) in run_distributed(_gc_worker, 2, tokenizer_file, full, data, timeout_s=300):
+        torch.testing.assert_close(c_loss, p_loss, rtol=1e-5, atol=1e-6)
+        assert_grads_close(c_grads, p_grads)
+
+
+def test_dropout_is_really_on_and_replayed(tokenizer_file, single_process, tmp_path):
+    """Guard for the test above: with dropout on, different draws give different losses."""
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    model, _ = random_model(tokenizer_file, **{"lora.dropout": 0.5})
+    a = make_step(model, data, 8, 0, 1, {"chunk_size": 3, "grad_cache": False})[0]
+    b = make_step(model, data, 8, 0, 1, {"chunk_size": 3, "grad_cache": True})[0]
+    c = make_step(model, data, 8, 0, 1, {"chunk_size": 4, "grad_cache": False})[0]  # other chunks, other draws
+    torch.testing.assert_close(a, b)
+    assert (a - c).abs() > 1e-6
+
+
+def test_recompute_gives_the_same_gradients(tokenizer_file, single_process, tmp_path):
+    from nemo_nvembed.model import NVEmbedModel
+
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    model, full = random_model(tokenizer_file)
+    ref = make_step(model, data, 8, 0, 1, {"chunk_size": 5})
+    for granularity in ("full", "selective"):
+        rc = NVEmbedModel(tiny_config(tokenizer_file, **{"recompute.granularity": granularity})).train()
+        rc.load_full_state_dict(full)
+        got = make_step(rc, data, 8, 0, 1, {"chunk_size": 5})
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-6)
+        assert_grads_close(got[1], ref[1])
+
+
+def test_length_aware_chunks_change_padding_not_the_loss(tokenizer_file, single_process, tmp_path):
+    import json
+
+    data = tmp_path / "train.jsonl"
+    rows = []
+    for i in range(16):  # very different passage lengths
+        rows.append({"task": "PyDocRetrieval", "query": f"q {i} " + "word " * (i % 4) * 6, "pos": f"p {i} " + "text " * (3 + 9 * (i % 3)),
+                     "neg": [f"n {i} {j} " + "filler " * (2 + 10 * ((i + j) % 3)) for j in range(3)]})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, _ = random_model(tokenizer_file, **{"lora.dropout": 0.0})
+    plain = make_step(model, data, 16, 0, 1, {"chunk_size": 4, "length_aware": False})
+    aware = make_step(model, data, 16, 0, 1, {"chunk_size": 4, "length_aware": True})
+    assert plain[2]["real"] == aware[2]["real"]  # the same examples and tokens
+    assert aware[2]["padded"] < plain[2]["padded"]
+    waste = (aware[2]["padded"] - aware[2]["real"]) / aware[2]["padded"]
+    assert waste < 0.25, waste
+    torch.testing.assert_close(aware[0], plain[0], rtol=1e-5, atol=1e-6)
+    assert_grads_close(aware[1], plain[1])
+
+
+def test_benchmark_runs_both_systems(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "-m", "nemo_nvembed.bench", "--model", "tiny", "--queries", "4", "--negatives", "3",
+                        "--warmup", "1", "--steps", "1", "--out", str(out), "--peak-tflops", "1.0"],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [r["system"] for r in result["results"]] == ["ours", "reference"]
+    ours, ref = result["results"]
+    assert ours["tokens_real"] == ref["tokens_real"]  # the same batch
+    assert ours["padding_waste"] < ref["padding_waste"]  # length-aware chunks
+    assert "| ours |" in p.stdout and "ratio_tokens_per_s_real" in result
