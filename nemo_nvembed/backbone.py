@@ -18,6 +18,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_nvembed import cpu_compat
+from nemo_nvembed.sdpa_attention import SDPACoreAttention
 
 
 def use_transformer_engine() -> bool:
@@ -76,9 +77,10 @@ def layer_spec(attention: str):
         spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
         mask_type = AttnMaskType.padding if attention == "bidirectional" else AttnMaskType.padding_causal
     else:
-        spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
-        # The local kernel builds no causal mask when one is passed, so both variants pass an
-        # explicit mask (see ``attention_mask``) and use the padding type.
+        spec = copy.deepcopy(gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm"))
+        # Fused SDPA instead of megatron's unfused local kernel; both variants pass an explicit
+        # mask (see ``attention_mask``) and use the padding type.
+        spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
         mask_type = AttnMaskType.padding
     spec = copy.deepcopy(spec)
     spec.submodules.self_attention.params = {"attn_mask_type": mask_type}

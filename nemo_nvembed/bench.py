@@ -239,14 +239,18 @@ def main(argv: list[str] | None = None) -> None:
                 "query_max_length": args.query_max_length, "doc_max_length": args.doc_max_length,
                 "chunk_size": args.chunk_size, "length_aware": not args.no_length_aware, "grad_cache": args.grad_cache,
                 "precision": args.precision, "warmup": args.warmup, "steps": args.steps}
-        results = []
+        results, failed = [], []
         for system in args.systems.split(","):
             print(f"[bench] {system}: {args.warmup} warm-up + {args.steps} timed steps ...", flush=True)
             out = subprocess.run([sys.executable, "-m", "nemo_nvembed.bench", "--worker", json.dumps({**spec, "system": system})],
                                  capture_output=True, text=True, cwd=REPO)
             line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
             if out.returncode != 0 or line is None:
-                raise SystemExit(f"{system} failed:\n{out.stderr[-3000:]}")
+                why = ("killed by SIGKILL: out of memory" if out.returncode == -9
+                       else f"exit {out.returncode}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ''}")
+                print(f"[bench] {system} failed ({why})", flush=True)
+                failed.append({"system": system, "error": why})
+                continue
             r = json.loads(line.split(" ", 1)[1])
             r["mfu"] = r["flops_per_token"] * r["tokens_per_s_real"] / (peak * 1e12)
             results.append(r)
@@ -260,12 +264,16 @@ def main(argv: list[str] | None = None) -> None:
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    summary = {"args": vars(args), "peak_tflops": peak, "results": results}
-    if len(results) == 2:
-        ratio = results[0]["tokens_per_s_real"] / results[1]["tokens_per_s_real"]
+    for f in failed:
+        print(f"| {f['system']} | failed: {f['error']} |")
+    summary = {"args": vars(args), "peak_tflops": peak, "results": results, "failed": failed}
+    by = {r["system"]: r for r in results}
+    if {"ours", "reference"} <= set(by):
+        ours, ref = by["ours"], by["reference"]
+        ratio = ours["tokens_per_s_real"] / ref["tokens_per_s_real"]
         summary["ratio_tokens_per_s_real"] = ratio
-        print(f"\n{results[0]['system']} / {results[1]['system']}: {ratio:.2f}x real tokens/s, "
-              f"{results[1]['step_s'] / results[0]['step_s']:.2f}x faster steps")
+        print(f"\nours / reference: {ratio:.2f}x real tokens/s, {ref['step_s'] / ours['step_s']:.2f}x faster steps, "
+              f"{ours['peak_memory_gib'] / ref['peak_memory_gib']:.2f}x peak memory")
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
 
