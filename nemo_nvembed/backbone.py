@@ -21,9 +21,15 @@ from nemo_nvembed import cpu_compat
 from nemo_nvembed.sdpa_attention import SDPACoreAttention
 
 
-def use_transformer_engine() -> bool:
-    """TE layer specs when TE imports and CUDA is present; megatron's local specs otherwise."""
+def use_transformer_engine(lora_cfg=None) -> bool:
+    """TE layer specs when TE imports and CUDA is present; megatron's local specs otherwise.
+
+    TE fuses the pre-norms into ``linear_qkv``/``linear_fc1``, so a LoRA adapter on those would see
+    the un-normalised input: with LoRA on them, the local spec (with fused SDPA) is used instead.
+    """
     if not cpu_compat.cuda_available():
+        return False
+    if lora_cfg is not None and lora_cfg.enabled and {"linear_qkv", "linear_fc1"} & set(lora_cfg.target_modules):
         return False
     try:
         import transformer_engine  # noqa: F401
@@ -71,9 +77,9 @@ def transformer_config(backbone_cfg, tp: int, recompute=None, dtype: torch.dtype
     )
 
 
-def layer_spec(attention: str):
+def layer_spec(attention: str, te: bool):
     """Transformer layer spec with the attention mask type of ``attention`` (paper Table 3)."""
-    if use_transformer_engine():
+    if te:
         spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
         mask_type = AttnMaskType.padding if attention == "bidirectional" else AttnMaskType.padding_causal
     else:
@@ -95,11 +101,12 @@ class GPTEncoder(GPTModel):
         return hidden_states  # [s, b, h] (sequence-parallel shard when SP is on)
 
 
-def build_backbone(backbone_cfg, attention: str, tp: int, recompute=None) -> GPTEncoder:
+def build_backbone(backbone_cfg, attention: str, tp: int, recompute=None, lora_cfg=None) -> GPTEncoder:
     config = transformer_config(backbone_cfg, tp, recompute)
-    return GPTEncoder(
+    te = use_transformer_engine(lora_cfg)
+    model = GPTEncoder(
         config=config,
-        transformer_layer_spec=layer_spec(attention),
+        transformer_layer_spec=layer_spec(attention, te),
         vocab_size=backbone_cfg.vocab_size,
         max_sequence_length=backbone_cfg.max_position_embeddings,
         pre_process=True,
@@ -108,9 +115,11 @@ def build_backbone(backbone_cfg, attention: str, tp: int, recompute=None) -> GPT
         position_embedding_type="rope",
         rotary_base=int(backbone_cfg.rope_theta),
     )
+    model.uses_te = te
+    return model
 
 
-def attention_mask(pad_mask: torch.Tensor, attention: str) -> torch.Tensor:
+def attention_mask(pad_mask: torch.Tensor, attention: str, te: bool = False) -> torch.Tensor:
     """Boolean mask for megatron attention, True where attention is NOT allowed.
 
     pad_mask: [b, s], 1 for real tokens. Bidirectional: every token sees every real token
@@ -118,7 +127,7 @@ def attention_mask(pad_mask: torch.Tensor, attention: str) -> torch.Tensor:
     kernel adds the causal part itself, so only the padding part is passed.
     """
     key_blocked = ~pad_mask.bool()[:, None, None, :]  # [b, 1, 1, s]
-    if attention == "bidirectional" or use_transformer_engine():
+    if attention == "bidirectional" or te:
         return key_blocked
     s = pad_mask.shape[1]
     future = torch.ones(s, s, dtype=torch.bool, device=pad_mask.device).triu(1)  # [s, s]

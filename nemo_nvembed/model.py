@@ -38,7 +38,7 @@ class NVEmbedModel(ModelPT):
         super().__init__(cfg=cfg, trainer=trainer)
         self._save_restore_connector = TPAgnosticConnector()
         c = self._cfg
-        self.backbone = build_backbone(c.backbone, c.attention, tp, c.recompute)
+        self.backbone = build_backbone(c.backbone, c.attention, tp, c.recompute, c.lora)
         self.lora_modules = apply_lora(self.backbone, c.lora)
         if c.recompute.granularity == "full":
             # megatron's recompute is a reentrant autograd function: it back-propagates only when
@@ -80,7 +80,7 @@ class NVEmbedModel(ModelPT):
             input_ids, attention_mask, pool_mask = (F.pad(t, (0, pad)) for t in (input_ids, attention_mask, pool_mask))
         b, s = input_ids.shape
         position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)  # right padding
-        mask = build_attention_mask(attention_mask, self._cfg.attention)
+        mask = build_attention_mask(attention_mask, self._cfg.attention, self.backbone.uses_te)
         hidden = self.backbone(input_ids, position_ids, mask)  # [s(/tp), b, d]
         if cfg.sequence_parallel:
             from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region

@@ -84,7 +84,7 @@ class MegatronDPStrategy(DDPStrategy):
         return [(n, p) for n, p in self.lightning_module.named_parameters() if p.requires_grad]
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
-        return {n: tp_layout.gather_tensor(n, p).cpu() for n, p in self._trainable()}
+        return {tp_layout.canonical(n): tp_layout.gather_tensor(n, p).cpu() for n, p in self._trainable()}
 
     def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
         model = self.lightning_module

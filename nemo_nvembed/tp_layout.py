@@ -65,15 +65,30 @@ def gather_tensor(name: str, param: torch.Tensor, local: torch.Tensor | None = N
     return unshard(pieces, dim, chunks)
 
 
+# Transformer Engine's layer spec fuses the pre-norms into the following linear; checkpoints and
+# conversions always use megatron's local names, so a .nemo moves between CPU and TE builds.
+_TE_NAMES = {
+    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight",
+}
+
+
+def canonical(name: str) -> str:
+    for te, local in _TE_NAMES.items():
+        if name.endswith(te):
+            return name[: -len(te)] + local
+    return name
+
+
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter in the full (TP=1) layout, on CPU. Collective over the TP group."""
-    return {n: gather_tensor(n, p).cpu() for n, p in module.named_parameters()}
+    """Every parameter in the full (TP=1) layout, on CPU, by local name. Collective over the TP group."""
+    return {canonical(n): gather_tensor(n, p).cpu() for n, p in module.named_parameters()}
 
 
 def full_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Gradients of trainable parameters in the full layout (tests compare TP=2 with TP=1)."""
     return {
-        n: gather_tensor(n, p, p.grad).cpu()
+        canonical(n): gather_tensor(n, p, p.grad).cpu()
         for n, p in module.named_parameters()
         if p.requires_grad and p.grad is not None
     }
@@ -81,7 +96,7 @@ def full_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_full_state_dict(module: torch.nn.Module, full: dict[str, torch.Tensor], source: str = "state dict") -> None:
     """Copy this rank's shard of every full tensor into the module; names must match exactly."""
-    params = dict(module.named_parameters())
+    params = {canonical(n): (n, p) for n, p in module.named_parameters()}
     missing = sorted(set(params) - set(full))
     unexpected = sorted(set(full) - set(params))
     if missing or unexpected:
@@ -91,8 +106,8 @@ def load_full_state_dict(module: torch.nn.Module, full: dict[str, torch.Tensor],
         )
     _, rank, size = _tp()
     with torch.no_grad():
-        for name, p in params.items():
-            dim, chunks = layout(name, p)
+        for name, (own_name, p) in params.items():
+            dim, chunks = layout(own_name, p)
             piece = shard(full[name], dim, chunks, rank, size)
             if piece.shape != p.shape:
                 raise ValueError(f"{source}: {name} has shape {tuple(full[name].shape)}, "
