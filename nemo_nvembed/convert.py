@@ -83,8 +83,6 @@ def build_config(src_backbone: dict, tok_cfg: dict, tokenizer_file: str, base: s
 
 
 def from_hf(args) -> None:
-    import torch
-
     from nemo_nvembed import distributed
     from nemo_nvembed.hf_import import (HEAD_PREFIX, backbone_config, head_from_hf, hf_to_megatron, load_source,
                                         tokenizer_config)
@@ -120,7 +118,6 @@ def from_hf(args) -> None:
         head = "imported" if src.nvembed is not None else "fresh"
         print(f"wrote {args.out}: {n / 1e6:.1f}M parameters, pooling={cfg.pooling.type} ({head} head), attention={cfg.attention}, "
               f"built with TP={tp} (restores under any TP dividing the head counts)")
-    del torch
 
 
 def main(argv: list[str] | None = None) -> None:

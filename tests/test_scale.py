@@ -3,38 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from conftest import REPO, tiny_config
 from dist_utils import run_distributed
-from test_training import TASKS, write_examples
+from test_training import contrastive_step, write_examples
 
 
 def make_step(model, data_path, global_batch, dp_rank, dp_size, chunking: dict, in_batch=True):
-    """Run one contrastive step; returns (global loss, full-layout summed grads, token counts)."""
-    from nemo_nvembed import distributed, tp_layout
-    from nemo_nvembed.data.jsonl import load_examples
-    from nemo_nvembed.data.sampler import GlobalBatchSampler
-    from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.strategy import sum_gradients
-    from nemo_nvembed.train_config import validate_train_config
-    from nemo_nvembed.training import BatchStream, ContrastiveObjective
-
-    tcfg = validate_train_config(OmegaConf.create({
-        "data": {"path": str(data_path), "tasks": TASKS, "num_negatives": 3, "global_batch_size": global_batch},
-        "loss": {"temperature": 0.05, "in_batch_negatives": in_batch}, "optim": {"lr": 1e-3}, "chunking": chunking}))
-    registry = TaskRegistry.from_yaml(TASKS)
-    exs = load_examples(data_path, registry, 3).examples
-    sampler = GlobalBatchSampler([e.task for e in exs], registry, global_batch, dp_rank, dp_size, 0, "blend")
-    batch = next(iter(BatchStream(exs, sampler, registry, model.text, tcfg.data, in_batch, start=lambda: 0)))
-    model.zero_grad(set_to_none=True)
-    objective = ContrastiveObjective(tcfg, global_batch, seed=5)
-    loss, out = objective.step(model, batch)
-    if loss.requires_grad:
-        loss.backward()
-    if dp_size > 1:
-        sum_gradients(model.parameters(), distributed.dp_group())
-    return out.global_loss.detach(), tp_layout.full_grads(model), objective.tokens
+    return contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking, in_batch)
 
 
 def assert_grads_close(a, b):

@@ -31,7 +31,9 @@ def write_examples(path: Path, n: int = 24, k: int = 3) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _grads_for(model, data_path, global_batch, dp_rank, dp_size, in_batch):
+def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=None, in_batch=True):
+    """One contrastive step on the first global batch; returns (global loss, full-layout gradients
+    summed over the DP ranks, token counts). Shared by the training and scale tests."""
     from omegaconf import OmegaConf
 
     from nemo_nvembed import distributed, tp_layout
@@ -44,18 +46,24 @@ def _grads_for(model, data_path, global_batch, dp_rank, dp_size, in_batch):
 
     tcfg = validate_train_config(OmegaConf.create({
         "data": {"path": str(data_path), "tasks": TASKS, "num_negatives": 3, "global_batch_size": global_batch},
-        "loss": {"temperature": 0.05, "in_batch_negatives": in_batch}, "optim": {"lr": 1e-3}}))
+        "loss": {"temperature": 0.05, "in_batch_negatives": in_batch}, "optim": {"lr": 1e-3},
+        "chunking": chunking or {}}))
     registry = TaskRegistry.from_yaml(TASKS)
     exs = load_examples(data_path, registry, 3).examples
     sampler = GlobalBatchSampler([e.task for e in exs], registry, global_batch, dp_rank, dp_size, 0, "blend")
-    stream = BatchStream(exs, sampler, registry, model.text, tcfg.data, in_batch, start=lambda: 0)
-    batch = next(iter(stream))
-    loss, out = ContrastiveObjective(tcfg, global_batch, seed=0).step(model, batch)
+    batch = next(iter(BatchStream(exs, sampler, registry, model.text, tcfg.data, in_batch, start=lambda: 0)))
     model.zero_grad(set_to_none=True)
-    loss.backward()
+    objective = ContrastiveObjective(tcfg, global_batch, seed=5)
+    loss, out = objective.step(model, batch)
+    if loss.requires_grad:  # GradCache has back-propagated already
+        loss.backward()
     if dp_size > 1:
         sum_gradients(model.parameters(), distributed.dp_group())
-    return out.global_loss.detach(), tp_layout.full_grads(model)
+    return out.global_loss.detach(), tp_layout.full_grads(model), objective.tokens
+
+
+def _grads_for(model, data_path, global_batch, dp_rank, dp_size, in_batch):
+    return contrastive_step(model, data_path, global_batch, dp_rank, dp_size, in_batch=in_batch)[:2]
 
 
 def _dp_worker(rank, world, tokenizer_file, full, data_path, in_batch):
