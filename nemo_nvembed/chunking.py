@@ -1,9 +1,14 @@
 """Chunked, length-aware embedding of a tokenised batch (issue: scale and speed).
 
-A local batch of sequences is embedded in chunks of ``chunk_size`` sequences. With
-``length_aware``, chunks group sequences of similar length (sorted by real length, longest first)
-and each chunk is trimmed to its own longest sequence, so little compute goes to padding; the
-embeddings are scattered back to the batch order, so the loss sees exactly the same examples.
+A local batch of sequences is embedded in chunks of at most ``chunk_size`` sequences. With
+``length_aware``, the batch is sorted by real length (longest first) and cut into consecutive
+chunks, each trimmed to its own longest sequence; the cuts are chosen by dynamic programming to
+minimise ``padded tokens + chunk_cost_tokens x number of chunks`` (``chunk_cost_tokens`` prices one
+more forward call in tokens: 0 would give one chunk per distinct length, a large value the fewest
+chunks), never more than ``max_chunk_tokens`` padded tokens per chunk when that is set (a memory
+bound that does not grow with the batch or its longest text). Without ``length_aware`` chunks are
+consecutive runs of ``chunk_size`` in batch order. The embeddings are scattered back to the batch
+order, so the loss sees exactly the same examples either way.
 
 Each chunk's random draws (LoRA dropout) are reseeded from (seed, step, group, chunk): the
 GradCache second pass replays the first pass's dropout exactly, and a resumed run replays an
@@ -24,17 +29,38 @@ class Chunk:
     length: int  # the chunk's padded length (its longest sequence)
 
 
-def plan(attention_mask: torch.Tensor, chunk_size: int, length_aware: bool) -> list[Chunk]:
-    """Split a batch ([n, s] attention mask) into chunks; chunk_size 0 = one chunk."""
+def plan(attention_mask: torch.Tensor, chunk_size: int, length_aware: bool, chunk_cost_tokens: int = 64,
+         max_chunk_tokens: int = 0) -> list[Chunk]:
+    """Split a batch ([n, s] attention mask) into chunks; chunk_size 0 = the whole batch in one."""
     n = attention_mask.shape[0]
-    size = chunk_size or n
     lengths = attention_mask.sum(1)  # [n]
-    order = torch.argsort(lengths, descending=True, stable=True) if length_aware else torch.arange(n)
-    chunks = []
-    for start in range(0, n, size):
-        idx = order[start : start + size]
-        chunks.append(Chunk(idx, int(lengths[idx].max())))
-    return chunks
+    if not length_aware or not chunk_size:
+        size = chunk_size or n
+        order = torch.argsort(lengths, descending=True, stable=True) if length_aware else torch.arange(n)
+        return [Chunk(order[i : i + size], int(lengths[order[i : i + size]].max())) for i in range(0, n, size)]
+    order = torch.argsort(lengths, descending=True, stable=True)
+    cuts = _cuts(lengths[order].tolist(), chunk_size, chunk_cost_tokens, max_chunk_tokens)
+    return [Chunk(order[a:b], int(lengths[order[a]])) for a, b in zip(cuts, cuts[1:])]
+
+
+def _cuts(desc: list[int], size: int, cost: int, max_tokens: int) -> list[int]:
+    """Chunk boundaries over lengths sorted longest first: minimise padded tokens + cost x chunks,
+    at most ``size`` sequences and ``max_tokens`` padded tokens (0: no limit) per chunk; a single
+    sequence longer than ``max_tokens`` is a chunk of its own. O(n x size)."""
+    n = len(desc)
+    best, prev = [0] + [float("inf")] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(max(0, end - size), end):  # chunk = desc[start:end], padded to desc[start]
+            padded = (end - start) * desc[start]
+            if max_tokens and padded > max_tokens and end - start > 1:
+                continue
+            total = best[start] + padded + cost
+            if total < best[end]:
+                best[end], prev[end] = total, start
+    cuts = [n]
+    while cuts[-1]:
+        cuts.append(prev[cuts[-1]])
+    return cuts[::-1]
 
 
 def token_counts(attention_mask: torch.Tensor, chunks: list[Chunk]) -> tuple[int, int]:

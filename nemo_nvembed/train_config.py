@@ -52,8 +52,10 @@ class ValidationConfig:
 
 @dataclass
 class ChunkingConfig:
-    chunk_size: int = 0  # sequences per forward chunk (0: the whole local batch at once)
+    chunk_size: int = 0  # at most this many sequences per forward chunk (0: the whole local batch at once)
     length_aware: bool = True  # chunks group sequences of similar length, trimmed to their longest
+    chunk_cost_tokens: int = 64  # length-aware cuts minimise padded tokens + this x chunks (price of a forward call)
+    max_chunk_tokens: int = 0  # at most this many padded tokens per chunk (0: no limit): bounds GradCache memory
     grad_cache: bool = False  # embed without gradients, loss, then chunk-wise backward (memory: one chunk)
 
 
@@ -84,6 +86,9 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
         raise ConfigError(f"{source}: train.loss.temperature must be > 0")
     if merged.chunking.chunk_size < 0:
         raise ConfigError(f"{source}: train.chunking.chunk_size must be >= 0")
+    for key in ("chunk_cost_tokens", "max_chunk_tokens"):
+        if merged.chunking[key] < 0:
+            raise ConfigError(f"{source}: train.chunking.{key} must be >= 0")
     if merged.validation.beir and not merged.validation.task:
         raise ConfigError(f"{source}: train.validation.task is required when train.validation.beir is set")
     return merged

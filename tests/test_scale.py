@@ -39,19 +39,24 @@ def _gc_worker(rank, world, tokenizer_file, full, data):
     distributed.initialize(1)
     model = NVEmbedModel(tiny_config(tokenizer_file)).train()
     model.load_full_state_dict(full)
-    # 4 queries per rank in chunks of 3 (a last partial chunk of 1); 16 passages in chunks of 3 (last: 1).
-    plain = make_step(model, data, 8, rank, world, {"chunk_size": 3, "grad_cache": False})
-    cached = make_step(model, data, 8, rank, world, {"chunk_size": 3, "grad_cache": True})
-    return plain, cached
+    out = []
+    # In batch order: 4 queries per rank in chunks of 3 (a last partial chunk of 1); 16 passages in
+    # chunks of 3 (last: 1). Length-aware: the planner's chunks of up to 3, of uneven sizes.
+    for length_aware in (False, True):
+        c = {"chunk_size": 3, "length_aware": length_aware}
+        out.append((make_step(model, data, 8, rank, world, {**c, "grad_cache": False}),
+                    make_step(model, data, 8, rank, world, {**c, "grad_cache": True})))
+    return out
 
 
 def test_grad_cache_equals_plain_step_on_two_ranks(tokenizer_file, single_process, tmp_path):
     data = tmp_path / "train.jsonl"
     write_examples(data)
     _, full = random_model(tokenizer_file)
-    for (p_loss, p_grads, _), (c_loss, c_grads, _) in run_distributed(_gc_worker, 2, tokenizer_file, full, data, timeout_s=300):
-        torch.testing.assert_close(c_loss, p_loss, rtol=1e-5, atol=1e-6)
-        assert_grads_close(c_grads, p_grads)
+    for per_rank in run_distributed(_gc_worker, 2, tokenizer_file, full, data, timeout_s=300):
+        for (p_loss, p_grads, _), (c_loss, c_grads, _) in per_rank:
+            torch.testing.assert_close(c_loss, p_loss, rtol=1e-5, atol=1e-6)
+            assert_grads_close(c_grads, p_grads)
 
 
 def test_dropout_is_really_on_and_replayed(tokenizer_file, single_process, tmp_path):
@@ -99,6 +104,44 @@ def test_length_aware_chunks_change_padding_not_the_loss(tokenizer_file, single_
     assert waste < 0.25, waste
     torch.testing.assert_close(aware[0], plain[0], rtol=1e-5, atol=1e-6)
     assert_grads_close(aware[1], plain[1])
+
+
+def _brute_force_cost(desc, size, cost, max_tokens):
+    """Best padded + cost x chunks over every way to cut ``desc`` into consecutive chunks."""
+    from functools import lru_cache
+
+    @lru_cache(None)
+    def best(start):
+        if start == len(desc):
+            return 0
+        options = []
+        for end in range(start + 1, min(len(desc), start + size) + 1):
+            padded = (end - start) * desc[start]
+            if max_tokens and padded > max_tokens and end - start > 1:
+                continue
+            options.append(padded + cost + best(end))
+        return min(options)
+    return best(0)
+
+
+@pytest.mark.parametrize("size,cost,max_tokens", [(3, 0, 0), (4, 5, 0), (4, 20, 0), (8, 64, 0), (5, 10, 40)])
+def test_chunk_planner_is_optimal_and_complete(size, cost, max_tokens):
+    from nemo_nvembed import chunking
+
+    g = torch.Generator().manual_seed(size * 100 + cost)
+    for _ in range(20):
+        n, s = int(torch.randint(1, 13, (1,), generator=g)), 30
+        lengths = torch.randint(1, s + 1, (n,), generator=g)
+        mask = (torch.arange(s)[None, :] < lengths[:, None]).long()
+        chunks = chunking.plan(mask, size, True, cost, max_tokens)
+        assert sorted(torch.cat([c.index for c in chunks]).tolist()) == list(range(n))  # each sequence once
+        for c in chunks:
+            assert len(c.index) <= size and c.length == int(lengths[c.index].max())
+            assert not max_tokens or len(c.index) == 1 or len(c.index) * c.length <= max_tokens
+        real, padded = chunking.token_counts(mask, chunks)
+        assert real == int(lengths.sum())
+        desc = sorted(lengths.tolist(), reverse=True)
+        assert padded + cost * len(chunks) == _brute_force_cost(tuple(desc), size, cost, max_tokens)
 
 
 def test_benchmark_runs_both_systems(tmp_path):
