@@ -23,7 +23,8 @@ FF multiplier m:
                 + 6 N_h + 3 A_h            (head: forward + activation and weight gradients)
 LoRA's own FLOPs are negligible at rank 16 and are left out. MFU = FLOPs/token x real tokens/s /
 peak; the peak is ``--peak-tflops`` or a measured bf16 (GPU: bf16) matmul rate on this machine.
-Results go to ``--out`` as JSON for comparison across commits.
+Memory: peak RSS of the worker process (GPU: peak allocated) and the step's own peak tensor
+memory (see :func:`step_peak_memory`). Results go to ``--out`` as JSON for comparison across commits.
 """
 from __future__ import annotations
 
@@ -72,6 +73,34 @@ def measure_peak_tflops(device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def step_peak_memory(step, device: str) -> float:
+    """Peak tensor memory one step allocates above what was live before it, GiB.
+
+    GPU: the caching allocator's peak. CPU: the profiler's record of every allocation and free of
+    PyTorch's CPU allocator (one extra, untimed step), summed in time order. Unlike peak RSS this
+    leaves out the matmul library's per-shape kernel cache (oneDNN keeps ~0.6 MB per distinct bf16
+    GEMM shape, measured; GradCache's many chunk lengths create many shapes) and freed heap
+    pages the C allocator keeps: it is the memory that batch size, chunking and recompute govern.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**30
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:  # allocations positive, frees negative
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**30
 
 
 # ------------------------------------------------------------------------------------ workers
@@ -149,8 +178,7 @@ def worker(spec: dict) -> dict:
                 loss.backward()
             opt.step()
 
-        times = _timed(step, spec["warmup"], spec["steps"], device)
-        real, padded = objective.tokens["real"], objective.tokens["padded"]
+        tokens = lambda: (objective.tokens["real"], objective.tokens["padded"])  # noqa: E731
     else:
         from nemo_nvembed import bench_reference as ref
 
@@ -169,17 +197,19 @@ def worker(spec: dict) -> dict:
             loss.backward()
             opt.step()
 
-        times = _timed(step, spec["warmup"], spec["steps"], device)
-        real = int(batch.queries.attention_mask.sum() + batch.docs.attention_mask.sum())
-        padded = int(batch.queries.attention_mask.numel() + batch.docs.attention_mask.numel())
+        tokens = lambda: (int(batch.queries.attention_mask.sum() + batch.docs.attention_mask.sum()),  # noqa: E731
+                          int(batch.queries.attention_mask.numel() + batch.docs.attention_mask.numel()))
+    times = _timed(step, spec["warmup"], spec["steps"], device)
+    real, padded = tokens()
     step_s = sum(times) / len(times)
+    step_peak = step_peak_memory(step, device) if spec["step_memory"] else None
     peak_mem = (torch.cuda.max_memory_allocated() / 2**30 if device == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     seq_len = real / (len(exs) * (2 + k))
     return {"system": spec["system"], "device": device, "step_s": step_s, "step_times": times,
             "tokens_real": real, "tokens_padded": padded, "tokens_per_s_real": real / step_s,
             "tokens_per_s_padded": padded / step_s, "padding_waste": (padded - real) / padded,
-            "peak_memory_gib": peak_mem, "flops_per_token": flops_per_token(cfg, seq_len),
+            "peak_memory_gib": peak_mem, "step_peak_gib": step_peak, "flops_per_token": flops_per_token(cfg, seq_len),
             "sequences": len(exs) * (2 + k)}
 
 
@@ -220,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--no-step-memory", action="store_true",
+                   help="skip the extra profiled step that measures step peak tensor memory")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: measured bf16 matmul)")
     p.add_argument("--systems", default="ours,reference", help="comma-separated: ours, reference, reference_ckpt")
     p.add_argument("--data", default=None, help="training JSONL (default: the demo's, built if missing)")
@@ -246,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
                 "query_max_length": args.query_max_length, "doc_max_length": args.doc_max_length,
                 "chunk_size": args.chunk_size, "length_aware": not args.no_length_aware, "grad_cache": args.grad_cache,
                 "chunk_cost_tokens": args.chunk_cost_tokens, "max_chunk_tokens": args.max_chunk_tokens,
-                "precision": args.precision, "warmup": args.warmup, "steps": args.steps}
+                "step_memory": not args.no_step_memory, "precision": args.precision, "warmup": args.warmup, "steps": args.steps}
         results, failed = [], []
         for system in args.systems.split(","):
             print(f"[bench] {system}: {args.warmup} warm-up + {args.steps} timed steps ...", flush=True)
@@ -262,9 +294,10 @@ def main(argv: list[str] | None = None) -> None:
             r = json.loads(line.split(" ", 1)[1])
             r["mfu"] = r["flops_per_token"] * r["tokens_per_s_real"] / (peak * 1e12)
             results.append(r)
-    header = ["system", "step s", "tok/s real", "tok/s padded", "peak mem GiB", "padding", "GFLOP/token", "MFU"]
+    header = ["system", "step s", "tok/s real", "tok/s padded", "peak RSS GiB" if device == "cpu" else "peak alloc GiB",
+              "step peak GiB", "padding", "GFLOP/token", "MFU"]
     rows = [[r["system"], f"{r['step_s']:.2f}", f"{r['tokens_per_s_real']:.0f}", f"{r['tokens_per_s_padded']:.0f}",
-             f"{r['peak_memory_gib']:.2f}", f"{100 * r['padding_waste']:.1f}%", f"{r['flops_per_token'] / 1e9:.2f}",
+             f"{r['peak_memory_gib']:.2f}", "-" if r["step_peak_gib"] is None else f"{r['step_peak_gib']:.2f}", f"{100 * r['padding_waste']:.1f}%", f"{r['flops_per_token'] / 1e9:.2f}",
              f"{100 * r['mfu']:.1f}%"] for r in results]
     print(f"\nmodel {args.model}{f' ({args.layers} layers)' if args.layers else ''}, {device}, {args.precision}, "
           f"{args.queries} queries x (1 + {args.negatives}) passages, peak {peak:.2f} TFLOP/s"
