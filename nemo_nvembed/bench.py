@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     header = ["system", "step s", "tok/s real", "tok/s padded", "peak RSS GiB" if device == "cpu" else "peak alloc GiB",
               "step peak GiB", "padding", "GFLOP/token", "MFU"]
     rows = [[r["system"], f"{r['step_s']:.2f}", f"{r['tokens_per_s_real']:.0f}", f"{r['tokens_per_s_padded']:.0f}",
-             f"{r['peak_memory_gib']:.2f}", "-" if r["step_peak_gib"] is None else f"{r['step_peak_gib']:.2f}", f"{100 * r['padding_waste']:.1f}%", f"{r['flops_per_token'] / 1e9:.2f}",
+             f"{r['peak_memory_gib']:.2f}", "-" if r["step_peak_gib"] is None else f"{r['step_peak_gib']:.2f}",
+             f"{100 * r['padding_waste']:.1f}%", f"{r['flops_per_token'] / 1e9:.2f}",
              f"{100 * r['mfu']:.1f}%"] for r in results]
     print(f"\nmodel {args.model}{f' ({args.layers} layers)' if args.layers else ''}, {device}, {args.precision}, "
           f"{args.queries} queries x (1 + {args.negatives}) passages, peak {peak:.2f} TFLOP/s"

@@ -151,12 +151,14 @@ def test_benchmark_runs_both_systems(tmp_path):
 
     out = tmp_path / "bench.json"
     p = subprocess.run([sys.executable, "-m", "nemo_nvembed.bench", "--model", "tiny", "--queries", "4", "--negatives", "3",
-                        "--warmup", "1", "--steps", "1", "--out", str(out), "--peak-tflops", "1.0"],
+                        "--warmup", "1", "--steps", "1", "--out", str(out), "--peak-tflops", "1.0",
+                        "--systems", "ours,reference,reference_ckpt"],
                        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert [r["system"] for r in result["results"]] == ["ours", "reference"]
-    ours, ref = result["results"]
-    assert ours["tokens_real"] == ref["tokens_real"]  # the same batch
+    assert [r["system"] for r in result["results"]] == ["ours", "reference", "reference_ckpt"]
+    ours, ref, ckpt = result["results"]
+    assert ours["tokens_real"] == ref["tokens_real"] == ckpt["tokens_real"]  # the same batch
     assert ours["padding_waste"] < ref["padding_waste"]  # length-aware chunks
-    assert "| ours |" in p.stdout and "ratio_tokens_per_s_real" in result
+    assert all(r["step_peak_gib"] > 0 for r in result["results"])
+    assert "| ours |" in p.stdout and "ratio_tokens_per_s_real" in result and "ratio_tokens_per_s_real_ckpt" in result
