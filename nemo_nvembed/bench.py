@@ -42,6 +42,8 @@ import torch
 
 from nemo_nvembed.paths import CONF, REPO
 
+SMOLLM2_VOCAB = 49152
+
 
 def flops_per_token(model_cfg, seq_len: float) -> float:
     b, p = model_cfg.backbone, model_cfg.pooling
@@ -117,6 +119,8 @@ def _setup(spec):
 
     distributed.initialize(1)
     cfg = OmegaConf.load(model_config_path(spec["model"]))
+    if cfg.backbone.vocab_size != SMOLLM2_VOCAB:  # e.g. mistral_7b: SmolLM2's tokenizer, ids folded (see worker)
+        cfg.tokenizer = OmegaConf.load(model_config_path("smollm2_135m")).tokenizer
     cfg.tokenizer.file = spec["tokenizer"]
     if spec.get("layers"):
         cfg.backbone.num_layers = spec["layers"]
@@ -126,6 +130,14 @@ def _setup(spec):
     tok = load_tokenizer(cfg.tokenizer, spec["tokenizer"])
     text = TextEncoder(tok, cfg.query_template, cfg.tokenizer.add_bos, cfg.max_length)
     return cfg, registry, exs, text
+
+
+def fold_ids(batch, vocab_size: int):
+    """Random weights: only the texts' lengths matter, so SmolLM2 token ids are folded into a smaller
+    vocabulary (mistral_7b's 32,000) instead of shipping another tokenizer."""
+    for b in (batch.queries, batch.docs):
+        b.input_ids = b.input_ids % vocab_size
+    return batch
 
 
 def _timed(step, warmup: int, steps: int, device: str) -> list[float]:
@@ -157,7 +169,8 @@ def worker(spec: dict) -> dict:
         "loss": {"temperature": 0.02, "in_batch_negatives": True}, "optim": {"lr": 1e-5},
         "chunking": {"chunk_size": spec["chunk_size"], "length_aware": spec["length_aware"], "grad_cache": spec["grad_cache"],
                      "chunk_cost_tokens": spec["chunk_cost_tokens"], "max_chunk_tokens": spec["max_chunk_tokens"]}}))
-    batch = BatchStream(exs, None, registry, text, tcfg.data, True, start=lambda: 0).collate(0, exs)
+    batch = fold_ids(BatchStream(exs, None, registry, text, tcfg.data, True, start=lambda: 0).collate(0, exs),
+                     cfg.backbone.vocab_size)
     amp = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
     k = spec["negatives"]
 
@@ -179,6 +192,7 @@ def worker(spec: dict) -> dict:
             opt.step()
 
         tokens = lambda: (objective.tokens["real"], objective.tokens["padded"])  # noqa: E731
+        extra = {"uses_te": bool(model.backbone.uses_te)}
     else:
         from nemo_nvembed import bench_reference as ref
 
@@ -197,6 +211,7 @@ def worker(spec: dict) -> dict:
             loss.backward()
             opt.step()
 
+        extra = {}
         tokens = lambda: (int(batch.queries.attention_mask.sum() + batch.docs.attention_mask.sum()),  # noqa: E731
                           int(batch.queries.attention_mask.numel() + batch.docs.attention_mask.numel()))
     times = _timed(step, spec["warmup"], spec["steps"], device)
@@ -210,24 +225,18 @@ def worker(spec: dict) -> dict:
             "tokens_real": real, "tokens_padded": padded, "tokens_per_s_real": real / step_s,
             "tokens_per_s_padded": padded / step_s, "padding_waste": (padded - real) / padded,
             "peak_memory_gib": peak_mem, "step_peak_gib": step_peak, "flops_per_token": flops_per_token(cfg, seq_len),
-            "sequences": len(exs) * (2 + k)}
+            "sequences": len(exs) * (2 + k), **extra}
 
 
 # ------------------------------------------------------------------------------------ driver
 
-def _tokenizer_file(model: str, tmp: Path) -> str:
-    from omegaconf import OmegaConf
-
-    from nemo_nvembed.paths import model_config_path
-
-    cfg = OmegaConf.load(model_config_path(model))
+def _tokenizer_file(tmp: Path) -> str:
+    """SmolLM2's tokenizer (the only one shipped offline) for every model: the texts' real lengths."""
     path = tmp / "tokenizer.json"
     from transformers import AutoTokenizer
 
     from nemo_nvembed.hf_import import smollm2_path
 
-    if cfg.backbone.vocab_size != 49152:
-        raise SystemExit(f"{model}: the benchmark ships only the SmolLM2 tokenizer (vocab 49152)")
     gguf = smollm2_path()
     AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf)).backend_tokenizer.save(str(path))
     return str(path)
@@ -253,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-step-memory", action="store_true",
                    help="skip the extra profiled step that measures step peak tensor memory")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: measured bf16 matmul)")
+    p.add_argument("--gpu-mistral-layers", type=int, default=4,
+                   help="on a GPU, then also run mistral_7b at this depth (0: no); its JSON goes next to --out")
     p.add_argument("--systems", default="ours,reference", help="comma-separated: ours, reference, reference_ckpt")
     p.add_argument("--data", default=None, help="training JSONL (default: the demo's, built if missing)")
     p.add_argument("--out", default="bench.json")
@@ -273,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
                 data = tmp / "data" / "stage1.jsonl"
         device = "cuda" if torch.cuda.is_available() else "cpu"
         peak = args.peak_tflops or measure_peak_tflops(device)
-        spec = {"model": args.model, "layers": args.layers, "tokenizer": _tokenizer_file(args.model, tmp),
+        spec = {"model": args.model, "layers": args.layers, "tokenizer": _tokenizer_file(tmp),
                 "data": str(data), "queries": args.queries, "negatives": args.negatives,
                 "query_max_length": args.query_max_length, "doc_max_length": args.doc_max_length,
                 "chunk_size": args.chunk_size, "length_aware": not args.no_length_aware, "grad_cache": args.grad_cache,
@@ -320,6 +331,13 @@ def main(argv: list[str] | None = None) -> None:
               f"{ours['peak_memory_gib'] / ref['peak_memory_gib']:.2f}x peak memory")
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
+    if device == "cuda" and args.gpu_mistral_layers and args.model != "mistral_7b":
+        # The same comparison at Mistral-7B width (reduced depth): the paper's layer shapes, with
+        # transformer-engine layers where ours can use them (backbone.uses_te).
+        print(f"\n[bench] Mistral-7B width, {args.gpu_mistral_layers} layers", flush=True)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        main(argv + ["--model", "mistral_7b", "--layers", str(args.gpu_mistral_layers), "--gpu-mistral-layers", "0",
+                     "--out", str(Path(args.out).with_suffix("")) + ".mistral_7b.json"])
 
 
 if __name__ == "__main__":

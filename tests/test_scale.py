@@ -162,3 +162,22 @@ def test_benchmark_runs_both_systems(tmp_path):
     assert ours["padding_waste"] < ref["padding_waste"]  # length-aware chunks
     assert all(r["step_peak_gib"] > 0 for r in result["results"])
     assert "| ours |" in p.stdout and "ratio_tokens_per_s_real" in result and "ratio_tokens_per_s_real_ckpt" in result
+
+
+def test_benchmark_batch_for_a_model_with_another_vocabulary(single_process, tmp_path):
+    """mistral_7b (vocab 32,000) gets the same real texts through SmolLM2's tokenizer, ids folded."""
+    from omegaconf import OmegaConf
+
+    from nemo_nvembed import bench
+    from nemo_nvembed.demo_data import main as make_demo_data
+    from nemo_nvembed.training import BatchStream
+
+    make_demo_data(["--out", str(tmp_path / "data")])
+    spec = {"model": "mistral_7b", "layers": 1, "tokenizer": bench._tokenizer_file(tmp_path),
+            "data": str(tmp_path / "data" / "stage1.jsonl"), "queries": 2, "negatives": 1}
+    cfg, registry, exs, text = bench._setup(spec)
+    data_cfg = OmegaConf.create({"query_max_length": 64, "doc_max_length": 64})
+    batch = bench.fold_ids(BatchStream(exs, None, registry, text, data_cfg, True, start=lambda: 0).collate(0, exs),
+                           cfg.backbone.vocab_size)
+    assert int(batch.docs.input_ids.max()) < cfg.backbone.vocab_size == 32000
+    assert batch.docs.attention_mask.sum(1).min() > 1
