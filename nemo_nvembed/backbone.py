@@ -83,12 +83,13 @@ def layer_spec(attention: str, te: bool):
         spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
         mask_type = AttnMaskType.padding if attention == "bidirectional" else AttnMaskType.padding_causal
     else:
-        spec = copy.deepcopy(gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm"))
+        spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+        mask_type = AttnMaskType.padding
+    spec = copy.deepcopy(spec)
+    if not te:
         # Fused SDPA instead of megatron's unfused local kernel; both variants pass an explicit
         # mask (see ``attention_mask``) and use the padding type.
         spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
-        mask_type = AttnMaskType.padding
-    spec = copy.deepcopy(spec)
     spec.submodules.self_attention.params = {"attn_mask_type": mask_type}
     return spec
 

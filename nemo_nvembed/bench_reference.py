@@ -15,7 +15,7 @@ class PlainLatentAttention(torch.nn.Module):
     The released code repeats the latents per sequence before projecting them; at the benchmark's
     batch (144 sequences x 512 latents x 2*9*576 K/V width, fp32: ~3 GB, plus its autograd copies)
     that ran out of memory on our 24 GB CPU machines, so the reference projects them once and
-    broadcasts, like ours (the comparison is about the rest of the step)."""
+    broadcasts them over the batch (ours goes further and folds the batch into one query sequence)."""
 
     def __init__(self, d: int, num_latents: int, heads: int, dim_head: int, mult: int):
         super().__init__()

@@ -29,15 +29,15 @@ class Chunk:
     length: int  # the chunk's padded length (its longest sequence)
 
 
-def plan(attention_mask: torch.Tensor, chunk_size: int, length_aware: bool, chunk_cost_tokens: int = 64,
-         max_chunk_tokens: int = 0) -> list[Chunk]:
-    """Split a batch ([n, s] attention mask) into chunks; chunk_size 0 = the whole batch in one."""
+def plan(attention_mask: torch.Tensor, chunk_size: int, length_aware: bool, chunk_cost_tokens: int,
+         max_chunk_tokens: int) -> list[Chunk]:
+    """Split a batch ([n, s] attention mask) into chunks (the arguments are ``train.chunking``'s);
+    chunk_size 0 = the whole batch in one."""
     n = attention_mask.shape[0]
     lengths = attention_mask.sum(1)  # [n]
     if not length_aware or not chunk_size:
         size = chunk_size or n
-        order = torch.argsort(lengths, descending=True, stable=True) if length_aware else torch.arange(n)
-        return [Chunk(order[i : i + size], int(lengths[order[i : i + size]].max())) for i in range(0, n, size)]
+        return [Chunk(torch.arange(i, min(n, i + size)), int(lengths[i : i + size].max())) for i in range(0, n, size)]
     order = torch.argsort(lengths, descending=True, stable=True)
     cuts = _cuts(lengths[order].tolist(), chunk_size, chunk_cost_tokens, max_chunk_tokens)
     return [Chunk(order[a:b], int(lengths[order[a]])) for a, b in zip(cuts, cuts[1:])]
