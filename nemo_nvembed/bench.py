@@ -110,12 +110,12 @@ def step_peak_memory(step, device: str) -> float:
 def _setup(spec):
     from omegaconf import OmegaConf
 
-    from nemo_nvembed import distributed
-    from nemo_nvembed.config import validate_model_config
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.config import validate_model_config
     from nemo_nvembed.data.jsonl import load_examples
     from nemo_nvembed.data.tasks import TaskRegistry
     from nemo_nvembed.paths import model_config_path
-    from nemo_nvembed.text import TextEncoder, load_tokenizer
+    from nemo_nvembed.models.text import TextEncoder, load_tokenizer
 
     distributed.initialize(1)
     cfg = OmegaConf.load(model_config_path(spec["model"]))
@@ -159,8 +159,8 @@ def worker(spec: dict) -> dict:
     cfg, registry, exs, text = _setup(spec)
     from omegaconf import OmegaConf
 
-    from nemo_nvembed.train_config import validate_train_config
-    from nemo_nvembed.training import BatchStream
+    from nemo_nvembed.training.config import validate_train_config
+    from nemo_nvembed.training.objective import BatchStream
 
     tcfg = validate_train_config(OmegaConf.create({
         "data": {"path": spec["data"], "tasks": str(CONF / "tasks.yaml"), "num_negatives": spec["negatives"],
@@ -175,8 +175,8 @@ def worker(spec: dict) -> dict:
     k = spec["negatives"]
 
     if spec["system"] == "ours":
-        from nemo_nvembed.model import NVEmbedModel
-        from nemo_nvembed.training import ContrastiveObjective
+        from nemo_nvembed.models.nvembed import NVEmbedModel
+        from nemo_nvembed.training.objective import ContrastiveObjective
 
         model = NVEmbedModel(cfg).to(device).train()
         objective = ContrastiveObjective(tcfg, spec["queries"], seed=0)
@@ -235,7 +235,7 @@ def _tokenizer_file(tmp: Path) -> str:
     path = tmp / "tokenizer.json"
     from transformers import AutoTokenizer
 
-    from nemo_nvembed.hf_import import smollm2_path
+    from nemo_nvembed.interop.hf_import import smollm2_path
 
     gguf = smollm2_path()
     AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf)).backend_tokenizer.save(str(path))

@@ -30,7 +30,7 @@ import tempfile
 
 from omegaconf import OmegaConf
 
-from nemo_nvembed.config import check_parallel_layout, validate_model_config
+from nemo_nvembed.models.config import check_parallel_layout, validate_model_config
 from nemo_nvembed.paths import model_config_path
 
 
@@ -53,7 +53,7 @@ def _same(a, b) -> bool:
 
 def nvembed_sections(nv: dict, state_dict, bcfg: dict) -> dict:
     """Model-config sections (pooling, attention, text handling) of an NV-Embed-v2-layout folder."""
-    from nemo_nvembed.hf_import import nvembed_pooling_config
+    from nemo_nvembed.interop.hf_import import nvembed_pooling_config
 
     if nv.get("padding_side", "right") != "right" or not nv.get("add_eos", True) or not nv.get("is_mask_instruction", True):
         print(f"note: the source says padding_side={nv.get('padding_side')!r}, add_eos={nv.get('add_eos')}, "
@@ -83,8 +83,8 @@ def build_config(src_backbone: dict, tok_cfg: dict, tokenizer_file: str, base: s
 
 
 def from_hf(args) -> None:
-    from nemo_nvembed import distributed
-    from nemo_nvembed.hf_import import (HEAD_PREFIX, backbone_config, head_from_hf, hf_to_megatron, load_source,
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.interop.hf_import import (HEAD_PREFIX, backbone_config, head_from_hf, hf_to_megatron, load_source,
                                         tokenizer_config)
 
     src = load_source(args.src)
@@ -100,7 +100,7 @@ def from_hf(args) -> None:
         world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
         tp = args.tp if world % args.tp == 0 and world >= args.tp else 1
         distributed.initialize(tp, seed=cfg.seed)
-        from nemo_nvembed.model import NVEmbedModel
+        from nemo_nvembed.models.nvembed import NVEmbedModel
 
         model = NVEmbedModel(cfg)
         full = model.full_state_dict()

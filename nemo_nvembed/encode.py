@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from tqdm.auto import tqdm
 
-    from nemo_nvembed import distributed
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = NVEmbedModel.load(args.model, tp=args.tp)
     dim = model.cfg.backbone.hidden_size

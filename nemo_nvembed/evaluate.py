@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--tp", type=int, default=1)
     args = p.parse_args(argv)
-    from nemo_nvembed import distributed
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     data = load_beir(args.beir, args.split)
     model = NVEmbedModel.load(args.model, tp=args.tp)

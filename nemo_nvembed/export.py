@@ -33,7 +33,7 @@ import sys
 
 import torch
 
-from nemo_nvembed import distributed
+from nemo_nvembed.parallel import distributed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -44,7 +44,7 @@ def nvembed_config(cfg, tokenizer, dtype: torch.dtype) -> dict:
     """The ``config.json`` dict for a model config (a validated ``ModelConfig``)."""
     from omegaconf import OmegaConf
 
-    from nemo_nvembed.hf_import import hf_text_config
+    from nemo_nvembed.interop.hf_import import hf_text_config
 
     b = OmegaConf.to_container(cfg.backbone, resolve=True)
     p = cfg.pooling
@@ -86,7 +86,7 @@ def hf_state_dict(full: dict[str, torch.Tensor], cfg, dtype: torch.dtype) -> dic
     """Our full (TP=1) layout -> NV-Embed-v2 names, LoRA merged, each tensor its own copy in ``dtype``."""
     from omegaconf import OmegaConf
 
-    from nemo_nvembed.hf_import import HF_BACKBONE_PREFIX, head_to_hf, megatron_to_hf
+    from nemo_nvembed.interop.hf_import import HF_BACKBONE_PREFIX, head_to_hf, megatron_to_hf
 
     b = OmegaConf.to_container(cfg.backbone, resolve=True)
     scale = cfg.lora.alpha / cfg.lora.rank if cfg.lora.enabled else None
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weight dtype in the safetensors (default fp32)")
     args = p.parse_args(argv)
     if args.cmd == "hf":
-        from nemo_nvembed.model import NVEmbedModel
+        from nemo_nvembed.models.nvembed import NVEmbedModel
 
         tp = args.tp or distributed.read_env().world_size
         model = NVEmbedModel.load(args.model, tp=tp)

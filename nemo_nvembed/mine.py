@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> MineSummary:
         teacher = Bm25Teacher(data.doc_texts)
         print("teacher: BM25 (bm25s)")
     else:
-        from nemo_nvembed import distributed
-        from nemo_nvembed.model import NVEmbedModel
+        from nemo_nvembed.parallel import distributed
+        from nemo_nvembed.models.nvembed import NVEmbedModel
 
         instruction = args.instruction if args.instruction is not None else task.eval_instruction
         model = NVEmbedModel.load(args.model, tp=args.tp)

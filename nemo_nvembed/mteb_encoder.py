@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     import mteb
 
-    from nemo_nvembed import distributed
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     langs = [x.strip() for x in args.languages.split(",")] if args.languages else None
     tasks = mteb.get_tasks(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], languages=langs)

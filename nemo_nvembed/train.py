@@ -13,8 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_nvembed.config import ConfigError, validate_model_config
-from nemo_nvembed.train_config import validate_train_config
+from nemo_nvembed.models.config import ConfigError, validate_model_config
+from nemo_nvembed.training.config import validate_train_config
 
 ARCH_KEYS = ("backbone", "attention", "pooling", "lora", "max_length", "query_template", "tokenizer")
 
@@ -47,15 +47,15 @@ def run(cfg: DictConfig) -> Path | None:
     import lightning.pytorch as pl
     from nemo.utils.exp_manager import exp_manager
 
-    from nemo_nvembed import distributed
+    from nemo_nvembed.parallel import distributed
     from nemo_nvembed.data.jsonl import load_examples
     from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.model import NVEmbedModel
-    from nemo_nvembed.preemption import PreemptionCheckpoint
-    from nemo_nvembed.run_info import write_run_info
-    from nemo_nvembed.strategy import MegatronDPStrategy
-    from nemo_nvembed.training import RetrievalValidation
+    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.training.preemption import PreemptionCheckpoint
+    from nemo_nvembed.training.run_info import write_run_info
+    from nemo_nvembed.training.strategy import MegatronDPStrategy
+    from nemo_nvembed.training.objective import RetrievalValidation
 
     tcfg = validate_train_config(cfg.train, source=f"{cfg.name}: train")
     mcfg = validate_model_config(cfg.model, source=f"{cfg.name}: model", require_complete=False)

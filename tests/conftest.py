@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tokenizer_file(tmp_path_factory) -> str:
     """SmolLM2's tokenizer.json, extracted once from the packaged GGUF."""
-    from nemo_nvembed.hf_import import smollm2_path
+    from nemo_nvembed.interop.hf_import import smollm2_path
     from transformers import AutoTokenizer
 
     gguf = smollm2_path()
@@ -27,7 +27,7 @@ def tokenizer_file(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def single_process():
     """torch.distributed world of 1 + megatron parallel state with TP=1 in the pytest process."""
-    from nemo_nvembed import distributed
+    from nemo_nvembed.parallel import distributed
 
     distributed.initialize(1)
     yield
@@ -42,7 +42,7 @@ def tiny_config(tokenizer_file: str, **overrides):
 @pytest.fixture
 def make_tiny(tokenizer_file, single_process):
     """Build a tiny random NVEmbedModel (TP=1) with dotted overrides, e.g. make_tiny(**{'pooling.type': 'mean'})."""
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     def make(**overrides):
         return NVEmbedModel(tiny_config(tokenizer_file, **overrides))

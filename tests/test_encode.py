@@ -24,7 +24,7 @@ LINES = [
 
 @pytest.fixture(scope="module")
 def tiny_nemo(tmp_path_factory, tokenizer_file, single_process):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.nemo"
     NVEmbedModel(tiny_config(tokenizer_file, **{"pooling.type": "mean"})).save_to(str(path))
@@ -34,7 +34,7 @@ def tiny_nemo(tmp_path_factory, tokenizer_file, single_process):
 @pytest.fixture(scope="module")
 def reference(tiny_nemo):
     """Each line embedded on its own by model.encode: [n, d]."""
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = NVEmbedModel.load(str(tiny_nemo))
     return np.concatenate([model.encode([x["text"]], instruction=x.get("instruction")).numpy() for x in LINES])

@@ -148,8 +148,9 @@ def test_export_matches_independent_reference(make_tiny, tmp_path, family):
 
 # ---------------------------------------------------------------------------------- TP=2 round trip
 def _tp2_worker(rank, world, tokenizer_file, tmp):
-    from nemo_nvembed import convert, distributed, export
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed import convert, export
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     distributed.initialize(2, seed=5)
     model = NVEmbedModel(tiny_config(tokenizer_file, **TINY)).eval()
@@ -164,7 +165,7 @@ def _tp2_worker(rank, world, tokenizer_file, tmp):
 
 def test_tp2_export_import_round_trip(tokenizer_file, single_process, tmp_path):
     from nemo_nvembed import convert, export
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     tmp = str(tmp_path)
     (ref, imported_tp2), (ref1, _) = run_distributed(_tp2_worker, 2, tokenizer_file, tmp, timeout_s=300)
@@ -192,7 +193,7 @@ def test_import_released_style_folder(make_tiny, tmp_path):
     """As released: text_config model_type 'bidir_mistral', none of our extra fields, no tokenizer_class."""
     from nemo_nvembed import convert
     from nemo_nvembed.export import export_hf
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = make_tiny(**TINY).eval()
     randomize(model, seed=8)
@@ -217,7 +218,7 @@ def test_import_released_style_folder(make_tiny, tmp_path):
 def test_mean_pooling_exports_backbone_only_and_round_trips(make_tiny, tmp_path):
     from nemo_nvembed import convert
     from nemo_nvembed.export import export_hf
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = make_tiny(**TINY, **{"pooling.type": "mean"}).eval()
     randomize(model, seed=4)

@@ -17,8 +17,8 @@ needs_te = pytest.mark.skipif(importlib.util.find_spec("transformer_engine") is 
 @needs_te
 def test_transformer_engine_spec_matches_hf_layout(tokenizer_file):
     """With TE + CUDA the backbone uses TE layer specs; its embeddings equal the CPU/local path's."""
-    from nemo_nvembed import distributed
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     distributed.initialize(1)
     model = NVEmbedModel(tiny_config(tokenizer_file, **{"lora.target_modules": "[linear_proj,linear_fc2]"})).cuda().eval()

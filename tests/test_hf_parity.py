@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from nemo_nvembed.hf_import import backbone_config, hf_to_megatron, load_source, tokenizer_config
+from nemo_nvembed.interop.hf_import import backbone_config, hf_to_megatron, load_source, tokenizer_config
 
 
 def rel_err(ours, ref, mask):
@@ -29,14 +29,14 @@ def hf_hidden(hf_model, ids, att, attention: str):
 
 
 def our_hidden(model, ids, att):
-    from nemo_nvembed.backbone import attention_mask
+    from nemo_nvembed.models.backbone import attention_mask
 
     pos = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
     return model.backbone(ids, pos, attention_mask(att, model.cfg.attention)).transpose(0, 1)
 
 
 def build_from_hf(hf_cfg: dict, hf_sd, tokenizer_file, tok_cfg, attention):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     cfg = OmegaConf.load(REPO / "conf" / "model" / "tiny.yaml")
     b = backbone_config(hf_cfg)
@@ -100,7 +100,7 @@ def test_tiny_mistral_matches_transformers(attention, tokenizer_file, single_pro
 
 def test_round_trip_to_hf_names():
     """megatron_to_hf inverts hf_to_megatron exactly (the fused QKV / gate-up layouts)."""
-    from nemo_nvembed.hf_import import megatron_to_hf
+    from nemo_nvembed.interop.hf_import import megatron_to_hf
 
     b = dict(num_layers=1, hidden_size=48, num_attention_heads=6, num_query_groups=2)
     g = torch.Generator().manual_seed(0)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dist_utils import run_distributed
 from nemo_nvembed.data.jsonl import Example
-from nemo_nvembed.loss import contrastive_loss
+from nemo_nvembed.training.loss import contrastive_loss
 
 T = 0.5
 

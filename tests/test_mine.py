@@ -148,7 +148,7 @@ def test_select_negatives_rules():
 
 @pytest.fixture(scope="module")
 def tiny_nemo(tmp_path_factory, tokenizer_file, single_process):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.nemo"
     NVEmbedModel(tiny_config(tokenizer_file, **{"pooling.type": "mean"})).save_to(str(path))
@@ -156,7 +156,7 @@ def tiny_nemo(tmp_path_factory, tokenizer_file, single_process):
 
 
 def test_dense_teacher(beir, tmp_path, registry, tiny_nemo):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     out = tmp_path / "dense.jsonl"
     perc_pos, top_k, n = 0.99, 40, 4

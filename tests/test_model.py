@@ -49,7 +49,7 @@ def test_instruction_is_attended_but_not_pooled(make_tiny):
 
 
 def test_bos_is_attended_not_pooled(tokenizer_file, single_process):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = NVEmbedModel(tiny_config(tokenizer_file, **{"tokenizer.add_bos": True}))
     b = model.text(["hello"], instruction=None)
@@ -65,7 +65,7 @@ def test_truncation_keeps_eos(make_tiny):
 
 RESTORE_SCRIPT = """
 import sys, torch
-from nemo_nvembed.model import NVEmbedModel
+from nemo_nvembed.models.nvembed import NVEmbedModel
 m = NVEmbedModel.load(sys.argv[1])
 torch.save(m.encode(["alpha beta", "gamma"], instruction="Find"), sys.argv[2])
 """
@@ -79,17 +79,17 @@ def test_nemo_round_trip_in_fresh_process(make_tiny, tmp_path):
     subprocess.run([sys.executable, "-c", RESTORE_SCRIPT, str(path), str(out)], check=True, capture_output=True)
     torch.testing.assert_close(torch.load(out), model.encode(["alpha beta", "gamma"], instruction="Find"), rtol=0, atol=0)
     # The saved config names no `target` (NeMo 3 would refuse it) but records our class.
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     conf = NVEmbedModel.restore_from(str(path), return_config=True)
-    assert "target" not in conf and conf.nvembed_class == "nemo_nvembed.model.NVEmbedModel"
+    assert "target" not in conf and conf.nvembed_class == "nemo_nvembed.models.nvembed.NVEmbedModel"
 
 
 def test_released_head_layout_on_meta(single_process):
     """The head with NV-Embed-v2's config has exactly the released parameter names and shapes."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from nemo_nvembed.latent_attention import AttentionPooler
+    from nemo_nvembed.models.latent_attention import AttentionPooler
 
     cfg = OmegaConf.create(dict(type="latent_attention", num_latents=512, num_heads=8, dim_head=4096, ff_mult=4, normalize=True))
     tcfg = TransformerConfig(num_layers=1, hidden_size=4096, num_attention_heads=32, use_cpu_initialization=True)
@@ -117,14 +117,14 @@ def test_released_head_layout_on_meta(single_process):
 
 @pytest.mark.parametrize("path", sorted((REPO / "conf" / "model").glob("*.yaml")), ids=lambda p: p.name)
 def test_model_yaml_validates(path):
-    from nemo_nvembed.config import validate_model_config
+    from nemo_nvembed.models.config import validate_model_config
 
     cfg = validate_model_config(OmegaConf.load(path), source=str(path), require_complete=False)
     assert OmegaConf.missing_keys(cfg) <= {"tokenizer.file"}
 
 
 def test_misspelled_key_is_named(tokenizer_file):
-    from nemo_nvembed.config import ConfigError, validate_model_config
+    from nemo_nvembed.models.config import ConfigError, validate_model_config
 
     cfg = tiny_config(tokenizer_file)
     cfg.pooling.num_latent = 3
@@ -133,7 +133,7 @@ def test_misspelled_key_is_named(tokenizer_file):
 
 
 def test_unsupported_layout_fails_before_weights(tokenizer_file):
-    from nemo_nvembed.config import ConfigError, check_parallel_layout, validate_model_config
+    from nemo_nvembed.models.config import ConfigError, check_parallel_layout, validate_model_config
 
     smol = validate_model_config(OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml"), require_complete=False)
     with pytest.raises(ConfigError, match="num_attention_heads=9 is not divisible by tensor_model_parallel_size=2"):

@@ -20,7 +20,7 @@ def assert_grads_close(a, b):
 
 
 def random_model(tokenizer_file, **overrides):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = NVEmbedModel(tiny_config(tokenizer_file, **overrides))
     full = model.full_state_dict()
@@ -33,8 +33,8 @@ def random_model(tokenizer_file, **overrides):
 
 
 def _gc_worker(rank, world, tokenizer_file, full, data):
-    from nemo_nvembed import distributed
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     distributed.initialize(1)
     model = NVEmbedModel(tiny_config(tokenizer_file)).train()
@@ -72,7 +72,7 @@ def test_dropout_is_really_on_and_replayed(tokenizer_file, single_process, tmp_p
 
 
 def test_recompute_gives_the_same_gradients(tokenizer_file, single_process, tmp_path):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     data = tmp_path / "train.jsonl"
     write_examples(data)
@@ -126,7 +126,7 @@ def _brute_force_cost(desc, size, cost, max_tokens):
 
 @pytest.mark.parametrize("size,cost,max_tokens", [(3, 0, 0), (4, 5, 0), (4, 20, 0), (8, 64, 0), (5, 10, 40)])
 def test_chunk_planner_is_optimal_and_complete(size, cost, max_tokens):
-    from nemo_nvembed import chunking
+    from nemo_nvembed.training.objective import chunking
 
     g = torch.Generator().manual_seed(size * 100 + cost)
     for _ in range(20):
@@ -170,7 +170,7 @@ def test_benchmark_batch_for_a_model_with_another_vocabulary(single_process, tmp
 
     from nemo_nvembed import bench
     from nemo_nvembed.demo_data import main as make_demo_data
-    from nemo_nvembed.training import BatchStream
+    from nemo_nvembed.training.objective import BatchStream
 
     make_demo_data(["--out", str(tmp_path / "data")])
     spec = {"model": "mistral_7b", "layers": 1, "tokenizer": bench._tokenizer_file(tmp_path),

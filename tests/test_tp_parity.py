@@ -29,8 +29,8 @@ def make_inputs():
 
 def run_model(model, ids, att, pool, probe):
     """Hidden states, pooled output, and full-layout gradients of a scalar function of it."""
-    from nemo_nvembed import tp_layout
-    from nemo_nvembed.backbone import attention_mask
+    from nemo_nvembed.parallel import tp_layout
+    from nemo_nvembed.models.backbone import attention_mask
 
     model.zero_grad(set_to_none=True)
     pos = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
@@ -41,7 +41,7 @@ def run_model(model, ids, att, pool, probe):
 
 
 def reference_model(tokenizer_file, pooling):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = NVEmbedModel(tiny_config(tokenizer_file, **{"pooling.type": pooling, "lora.dropout": 0.0}))
     full = model.full_state_dict()
@@ -54,8 +54,8 @@ def reference_model(tokenizer_file, pooling):
 
 
 def _tp2_worker(rank, world, tokenizer_file, states):
-    from nemo_nvembed import distributed
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     distributed.initialize(2)
     out = {}
@@ -92,8 +92,8 @@ TEXTS = ["Return the sum of a list.", "Sorting is stable in Python.", "x"]
 
 
 def _tp2_save_worker(rank, world, tokenizer_file, path):
-    from nemo_nvembed import distributed
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     distributed.initialize(2, seed=7)
     model = NVEmbedModel(tiny_config(tokenizer_file)).eval()
@@ -104,7 +104,7 @@ def _tp2_save_worker(rank, world, tokenizer_file, path):
 
 
 def test_nemo_tp2_save_restores_under_tp1_and_tp2(tokenizer_file, single_process, tmp_path):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     path = str(tmp_path / "tp2.nemo")
     (emb0, again0), (emb1, again1) = run_distributed(_tp2_save_worker, 2, tokenizer_file, path, timeout_s=300)

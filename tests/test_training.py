@@ -36,13 +36,13 @@ def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=
     summed over the DP ranks, token counts). Shared by the training and scale tests."""
     from omegaconf import OmegaConf
 
-    from nemo_nvembed import distributed, tp_layout
+    from nemo_nvembed.parallel import distributed, tp_layout
     from nemo_nvembed.data.jsonl import load_examples
     from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.strategy import sum_gradients
-    from nemo_nvembed.train_config import validate_train_config
-    from nemo_nvembed.training import BatchStream, ContrastiveObjective
+    from nemo_nvembed.training.strategy import sum_gradients
+    from nemo_nvembed.training.config import validate_train_config
+    from nemo_nvembed.training.objective import BatchStream, ContrastiveObjective
 
     tcfg = validate_train_config(OmegaConf.create({
         "data": {"path": str(data_path), "tasks": TASKS, "num_negatives": 3, "global_batch_size": global_batch},
@@ -67,8 +67,8 @@ def _grads_for(model, data_path, global_batch, dp_rank, dp_size, in_batch):
 
 
 def _dp_worker(rank, world, tokenizer_file, full, data_path, in_batch):
-    from nemo_nvembed import distributed
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     distributed.initialize(1)  # TP=1, DP=2
     model = NVEmbedModel(tiny_config(tokenizer_file, **{"lora.dropout": 0.0}))
@@ -78,7 +78,7 @@ def _dp_worker(rank, world, tokenizer_file, full, data_path, in_batch):
 
 @pytest.mark.parametrize("in_batch", [True, False], ids=["stage1", "stage2"])
 def test_dp2_step_equals_one_process_with_whole_batch(in_batch, tokenizer_file, single_process, tmp_path):
-    from nemo_nvembed.model import NVEmbedModel
+    from nemo_nvembed.models.nvembed import NVEmbedModel
 
     data = tmp_path / "train.jsonl"
     write_examples(data)
@@ -114,7 +114,7 @@ def torchrun_cmd(run_root: Path, base: Path, data: Path, max_steps: int, extra=(
 def tiny_base(tmp_path_factory, tokenizer_file):
     path = tmp_path_factory.mktemp("base") / "tiny_base.nemo"
     script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
-              "from conftest import tiny_config\nfrom nemo_nvembed.model import NVEmbedModel\n"
+              "from conftest import tiny_config\nfrom nemo_nvembed.models.nvembed import NVEmbedModel\n"
               f"NVEmbedModel.from_config(tiny_config({tokenizer_file!r})).save_to({str(path)!r})\n")
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
     return path
@@ -189,8 +189,8 @@ def test_stage_config_mismatch_is_named(tmp_path, tiny_base):
 def test_every_stage_yaml_composes_and_validates():
     from hydra import compose, initialize_config_dir
 
-    from nemo_nvembed.config import validate_model_config
-    from nemo_nvembed.train_config import validate_train_config
+    from nemo_nvembed.models.config import validate_model_config
+    from nemo_nvembed.training.config import validate_train_config
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         for name in ("stage1", "stage2"):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.utils import init_method_normal
 
-from nemo_nvembed import tp_layout
+from nemo_nvembed.parallel import tp_layout
 
 
 class CrossAttention(torch.nn.Module):

@@ -19,6 +19,8 @@ from nemo.core.connectors.save_restore_connector import SaveRestoreConnector
 from omegaconf import OmegaConf
 
 FORMAT_VERSION = 1
+# Where the model class lived before the package split: files saved then name it so.
+LEGACY_CLASS_NAMES = {"nemo_nvembed.model.NVEmbedModel": "nemo_nvembed.models.nvembed.NVEmbedModel"}
 
 
 class TPAgnosticConnector(SaveRestoreConnector):
@@ -49,6 +51,7 @@ class TPAgnosticConnector(SaveRestoreConnector):
         conf = super().load_config_and_state_dict(calling_cls, restore_path, None, None, True, True)
         expected = f"{calling_cls.__module__}.{calling_cls.__qualname__}"
         saved = conf.get("nvembed_class")
+        saved = LEGACY_CLASS_NAMES.get(saved, saved)
         if saved is None or "target" in conf:
             raise ValueError(f"{restore_path} was not written by nemo_nvembed (no 'nvembed_class' in its config)")
         if saved != expected:

@@ -10,7 +10,7 @@ from typing import List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nemo_nvembed.config import ConfigError
+from nemo_nvembed.models.config import ConfigError
 
 
 @dataclass

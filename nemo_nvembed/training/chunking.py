@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nemo_nvembed import distributed
+from nemo_nvembed.parallel import distributed
 
 
 @dataclass

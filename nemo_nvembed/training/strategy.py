@@ -3,7 +3,7 @@
 - ``setup_distributed`` creates the process group and megatron's TP/DP groups.
 - No DDP wrapper: after the last backward of a step, gradients of trainable parameters are
   summed over the *data-parallel group only* (TP ranks hold different shards). The loss of
-  :mod:`nemo_nvembed.loss` is normalised by the global batch size, so the SUM gives exactly the
+  :mod:`nemo_nvembed.training.loss` is normalised by the global batch size, so the SUM gives exactly the
   gradient of the full-batch mean loss (Tevatron issue 143's pitfall).
 - Checkpoints are TP-independent: trainable parameters and their Adam moments are stored in the
   full (TP=1) layout (:mod:`tp_layout`); the frozen backbone is not repeated in every checkpoint
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 
-from nemo_nvembed import distributed, tp_layout
+from nemo_nvembed.parallel import distributed, tp_layout
 
 
 def sum_gradients(params, group) -> None:

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from nemo_nvembed import chunking, distributed
+from nemo_nvembed.training.objective import chunking
+from nemo_nvembed.parallel import distributed
 from nemo_nvembed.data.jsonl import Example
 from nemo_nvembed.data.sampler import GlobalBatchSampler
 from nemo_nvembed.data.tasks import TaskRegistry
-from nemo_nvembed.loss import contrastive_loss
+from nemo_nvembed.training.loss import contrastive_loss
 
 
 @dataclass

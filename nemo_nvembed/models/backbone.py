@@ -17,8 +17,8 @@ from megatron.core.models.gpt import gpt_layer_specs
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from nemo_nvembed import cpu_compat
-from nemo_nvembed.sdpa_attention import SDPACoreAttention
+from nemo_nvembed.parallel import cpu_compat
+from nemo_nvembed.models.sdpa_attention import SDPACoreAttention
 
 
 def use_transformer_engine(lora_cfg=None) -> bool:

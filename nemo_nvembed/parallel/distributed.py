@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from nemo_nvembed import cpu_compat
+from nemo_nvembed.parallel import cpu_compat
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from megatron.core.tensor_parallel.mappings import (
     scatter_to_sequence_parallel_region,
 )
 
-from nemo_nvembed import tp_layout
+from nemo_nvembed.parallel import tp_layout
 
 
 def _is_column(module) -> bool:

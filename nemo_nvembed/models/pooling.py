@@ -10,7 +10,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from nemo_nvembed.latent_attention import AttentionPooler, masked_mean
+from nemo_nvembed.models.latent_attention import AttentionPooler, masked_mean
 
 
 class MeanPooler(torch.nn.Module):

@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from nemo.core import ModelPT
 from omegaconf import DictConfig, OmegaConf
 
-from nemo_nvembed import distributed, tp_layout
-from nemo_nvembed.backbone import attention_mask as build_attention_mask
-from nemo_nvembed.backbone import build_backbone
-from nemo_nvembed.checkpoint import TPAgnosticConnector
-from nemo_nvembed.config import check_parallel_layout, validate_model_config
-from nemo_nvembed.lora import apply_lora
-from nemo_nvembed.pooling import Pooler
-from nemo_nvembed.text import TextEncoder, load_tokenizer
+from nemo_nvembed.parallel import distributed, tp_layout
+from nemo_nvembed.models.backbone import attention_mask as build_attention_mask
+from nemo_nvembed.models.backbone import build_backbone
+from nemo_nvembed.models.checkpoint import TPAgnosticConnector
+from nemo_nvembed.models.config import check_parallel_layout, validate_model_config
+from nemo_nvembed.models.lora import apply_lora
+from nemo_nvembed.models.pooling import Pooler
+from nemo_nvembed.models.text import TextEncoder, load_tokenizer
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -48,7 +48,7 @@ class NVEmbedModel(ModelPT):
         if not distributed.is_initialized():
             raise RuntimeError(
                 "NVEmbedModel needs torch.distributed and megatron parallel state; call "
-                "nemo_nvembed.distributed.initialize(tp) first, or use NVEmbedModel.from_config / .load"
+                "nemo_nvembed.parallel.distributed.initialize(tp) first, or use NVEmbedModel.from_config / .load"
             )
         tp = distributed.tp_size()
         check_parallel_layout(cfg, tp)
@@ -164,7 +164,7 @@ class NVEmbedModel(ModelPT):
         ``samples/rank<r>.jsonl`` there (a resumed run appends; the last entry of a step wins; a
         folder, because exp_manager moves a resumed run's top-level files into run_<n>/).
         """
-        from nemo_nvembed.training import BatchStream, ContrastiveObjective
+        from nemo_nvembed.training.objective import BatchStream, ContrastiveObjective
 
         self.train_cfg, self._sampler, self._max_steps = train_cfg, sampler, max_steps
         self._trace = None
@@ -209,7 +209,7 @@ class NVEmbedModel(ModelPT):
         pass  # see training_step
 
     def configure_optimizers(self):
-        from nemo_nvembed.training import build_optimizer
+        from nemo_nvembed.training.objective import build_optimizer
 
         params = [p for p in self.parameters() if p.requires_grad]
         opt, sched = build_optimizer(params, self.train_cfg.optim, self._max_steps)
