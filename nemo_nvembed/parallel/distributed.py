@@ -76,8 +76,8 @@ def init_process_group(backend: str | None = None) -> DistEnv:
     env = read_env()
     if dist.is_initialized():
         return env
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
+    backend = backend or ("nccl" if cpu_compat.cuda_available() else "gloo")
+    if cpu_compat.cuda_available():
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(
         backend,
@@ -123,7 +123,7 @@ def reseed_for_step(seed: int, step: int, salt: int = 0) -> None:
 
     base = (seed * 1_000_003 + step * 7_919 + salt * 15_485_863) % (2**62)
     torch.manual_seed(base + 104_729 * ps.get_data_parallel_rank())
-    if torch.cuda.is_available():
+    if cpu_compat.cuda_available():
         torch.cuda.manual_seed(base + 104_729 * ps.get_data_parallel_rank())
     tracker = tensor_parallel.get_cuda_rng_tracker()
     tracker.reset()
