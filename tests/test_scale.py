@@ -126,7 +126,7 @@ def _brute_force_cost(desc, size, cost, max_tokens):
 
 @pytest.mark.parametrize("size,cost,max_tokens", [(3, 0, 0), (4, 5, 0), (4, 20, 0), (8, 64, 0), (5, 10, 40)])
 def test_chunk_planner_is_optimal_and_complete(size, cost, max_tokens):
-    from nemo_nvembed.training.objective import chunking
+    from nemo_nvembed.training import chunking
 
     g = torch.Generator().manual_seed(size * 100 + cost)
     for _ in range(20):
@@ -168,9 +168,9 @@ def test_benchmark_batch_for_a_model_with_another_vocabulary(single_process, tmp
     """mistral_7b (vocab 32,000) gets the same real texts through SmolLM2's tokenizer, ids folded."""
     from omegaconf import OmegaConf
 
-    from nemo_nvembed import bench
+    from nemo_nvembed.benchmark import runner as bench
     from nemo_nvembed.demo_data import main as make_demo_data
-    from nemo_nvembed.training.objective import BatchStream
+    from nemo_nvembed.training.batches import BatchStream
 
     make_demo_data(["--out", str(tmp_path / "data")])
     spec = {"model": "mistral_7b", "layers": 1, "tokenizer": bench._tokenizer_file(tmp_path),

@@ -42,7 +42,8 @@ def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=
     from nemo_nvembed.data.tasks import TaskRegistry
     from nemo_nvembed.training.strategy import sum_gradients
     from nemo_nvembed.training.config import validate_train_config
-    from nemo_nvembed.training.objective import BatchStream, ContrastiveObjective
+    from nemo_nvembed.training.batches import BatchStream
+    from nemo_nvembed.training.objective import ContrastiveObjective
 
     tcfg = validate_train_config(OmegaConf.create({
         "data": {"path": str(data_path), "tasks": TASKS, "num_negatives": 3, "global_batch_size": global_batch},

@@ -12,6 +12,8 @@ from typing import List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nemo_nvembed.parallel import DEFAULT_SEED
+
 ATTENTION_TYPES = ("bidirectional", "causal")
 POOLING_TYPES = ("latent_attention", "mean", "eos", "self_attention")
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
@@ -81,7 +83,7 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_length: int = 512
     query_template: str = "Instruct: {instruction}\nQuery: "
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
 
 
 class ConfigError(ValueError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from nemo_nvembed.parallel import cpu_compat
+from nemo_nvembed.parallel import DEFAULT_SEED, cpu_compat
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def init_process_group(backend: str | None = None) -> DistEnv:
     return env
 
 
-def initialize(tensor_model_parallel_size: int = 1, seed: int = 1234, backend: str | None = None) -> None:
+def initialize(tensor_model_parallel_size: int = 1, seed: int = DEFAULT_SEED, backend: str | None = None) -> None:
     """Process group + megatron parallel state (TP x DP = world size) + RNG seeds.
 
     Idempotent for the same TP size; asking for a different TP size after initialisation is an error.
