@@ -9,10 +9,15 @@ relaunching is a no-op.
 from __future__ import annotations
 
 
+def run(cfg):
+    """Hydra's task function (it lives here so Hydra names the job ``train`` and finds ``../conf``)."""
+    from nemo_nvembed.training import stage
+
+    return stage.run(cfg)
+
+
 def main() -> None:
     from nemo.core.config import hydra_runner
-
-    from nemo_nvembed.training.stage import run
 
     hydra_runner(config_path="../conf", config_name="stage1")(run)()
 

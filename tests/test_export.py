@@ -1,7 +1,7 @@
 """Export to NV-Embed-v2's Hugging Face layout, and import of that layout (``convert from-hf``).
 
 (a) An independent plain-PyTorch reference (transformers' MistralModel from ``text_config`` + a
-    latent-attention head written here from ../shared/NVEMBED_FACTS.md + NV-Embed's text
+    latent-attention head written here from the released NV-Embed-v2 head + NV-Embed's text
     handling), reading only the exported folder, reproduces our ``encode`` (fp32) for a tiny model
     whose LoRA B and head are random. The head's names and shapes follow the facts table.
 (b) A model built and saved under TP=2 (two gloo processes), exported under TP=2 and under TP=1

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from nemo_nvembed.models.pooling import pooling_type
 from nemo_nvembed.parallel import cpu_compat
 from nemo_nvembed.paths import CONF, REPO
 
@@ -52,12 +53,7 @@ def flops_per_token(model_cfg, seq_len: float) -> float:
     d_kv = d // b.num_attention_heads * b.num_query_groups
     n_bb = L * (2 * d * d + 2 * d * d_kv + 3 * d * f)
     a_bb = 4 * L * seq_len * d
-    flops = 4 * n_bb + 3 * a_bb
-    if p.type in ("latent_attention", "self_attention"):
-        inner = p.num_heads * p.dim_head
-        n_h = 2 * d * inner + 3 * p.ff_mult * d * d
-        a_h = 4 * (p.num_latents if p.type == "latent_attention" else seq_len) * inner
-        flops += 6 * n_h + 3 * a_h
+    flops = 4 * n_bb + 3 * a_bb + pooling_type(p.type).flops_per_token(p, d, seq_len)
     return float(flops)
 
 

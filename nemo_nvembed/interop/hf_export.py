@@ -1,6 +1,6 @@
 """``python -m nemo_nvembed.export hf --model X.nemo --out DIR [--tp N] [--dtype fp32|bf16|fp16]``
 
-Writes a ``.nemo`` as a Hugging Face folder in NV-Embed-v2's layout (``../shared/NVEMBED_FACTS.md``):
+Writes a ``.nemo`` as a Hugging Face folder in NV-Embed-v2's layout (the released ``nvidia/NV-Embed-v2`` on the Hugging Face Hub):
 
 - ``config.json``: ``model_type: "nvembed"``, ``architectures: ["NVEmbedModel"]``,
   ``latent_attention_config`` {num_latents_value, num_cross_heads, hidden_dim, latent_dim,
@@ -43,6 +43,7 @@ def nvembed_config(cfg, tokenizer, dtype: torch.dtype) -> dict:
     from omegaconf import OmegaConf
 
     from nemo_nvembed.interop.hf_import import hf_text_config
+    from nemo_nvembed.models.pooling import pooling_type
 
     b = OmegaConf.to_container(cfg.backbone, resolve=True)
     p = cfg.pooling
@@ -58,23 +59,8 @@ def nvembed_config(cfg, tokenizer, dtype: torch.dtype) -> dict:
         "dtype": DTYPE_NAMES[dtype],
         "torch_dtype": DTYPE_NAMES[dtype],
     }
-    if p.type == "latent_attention":
-        out["latent_attention_config"] = {
-            "model_type": "latent_attention",
-            "num_latents_value": p.num_latents,
-            "num_cross_heads": p.num_heads,
-            "hidden_dim": b["hidden_size"],
-            "latent_dim": b["hidden_size"],
-            "cross_dim_head": p.dim_head,
-            "output_normalize": bool(p.normalize),
-        }
-        pooling = {"type": p.type, "normalize": bool(p.normalize), "ff_mult": p.ff_mult}
-    elif p.type in ("mean", "eos"):
-        out.update(architectures=["NVEmbedBackbone"], model_type="nvembed_backbone")
-        pooling = {"type": p.type, "normalize": bool(p.normalize)}
-    else:
-        raise ValueError(f"pooling type {p.type!r} has no NV-Embed-v2 layout; export supports latent_attention "
-                         f"(NV-Embed-v2's layout) and mean/eos (backbone only)")
+    fields, pooling = pooling_type(p.type).hf_config(p, b["hidden_size"])
+    out.update(fields)
     out["text_config"] = text
     out.update(pooling=pooling, attention=cfg.attention, query_template=cfg.query_template, max_length=cfg.max_length)
     return out
