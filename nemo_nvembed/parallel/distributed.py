@@ -136,40 +136,34 @@ def is_initialized() -> bool:
     return dist.is_initialized() and ps.model_parallel_is_initialized()
 
 
-def tp_group():
-    from megatron.core import parallel_state as ps
+def _ps():
+    from megatron.core import parallel_state  # imported on first use: megatron is slow to import
 
-    return ps.get_tensor_model_parallel_group()
+    return parallel_state
+
+
+def tp_group():
+    return _ps().get_tensor_model_parallel_group()
 
 
 def tp_rank() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_rank()
+    return _ps().get_tensor_model_parallel_rank()
 
 
 def tp_size() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_world_size()
+    return _ps().get_tensor_model_parallel_world_size()
 
 
 def dp_group():
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_group()
+    return _ps().get_data_parallel_group()
 
 
 def dp_rank() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_rank()
+    return _ps().get_data_parallel_rank()
 
 
 def dp_size() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_world_size()
+    return _ps().get_data_parallel_world_size()
 
 
 def is_global_rank_zero() -> bool:
