@@ -157,7 +157,7 @@ def worker(spec: dict) -> dict:
     from omegaconf import OmegaConf
 
     from nemo_nvembed.training.config import validate_train_config
-    from nemo_nvembed.training.objective import BatchStream
+    from nemo_nvembed.training.batches import BatchStream
 
     tcfg = validate_train_config(OmegaConf.create({
         "data": {"path": spec["data"], "tasks": str(CONF / "tasks.yaml"), "num_negatives": spec["negatives"],

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from nemo.core import ModelPT
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nemo_nvembed.parallel import distributed, tp_layout
 from nemo_nvembed.models.backbone import attention_mask as build_attention_mask

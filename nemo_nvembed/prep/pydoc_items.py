@@ -9,8 +9,12 @@ import importlib
 import inspect
 import re
 import warnings
+from typing import TYPE_CHECKING
 
 from nemo_nvembed.data.bm25 import normalize, text_key
+
+if TYPE_CHECKING:
+    from nemo_nvembed.prep.demo_corpus import DemoDataConfig
 
 # Allowlist: modules whose import has no side effects (no windows, no network, no test packages),
 # each mapped to an area that follows the chapters of the Python Library Reference.
