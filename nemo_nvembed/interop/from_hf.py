@@ -64,9 +64,10 @@ def build_config(src_backbone: dict, tok_cfg: dict, tokenizer_file: str, base: s
 
 
 def from_hf(src_name: str, out: str, tp_wanted: int, model_config: str | None, overrides: list[str]) -> None:
+    """``convert from-hf``: load `src_name`, build the model config, copy the weights in, write `out`."""
+    from nemo_nvembed.interop.hf_import import (HEAD_PREFIX, backbone_config, head_from_hf, hf_to_megatron,
+                                                load_source, tokenizer_config)
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.interop.hf_import import (HEAD_PREFIX, backbone_config, head_from_hf, hf_to_megatron, load_source,
-                                        tokenizer_config)
 
     src = load_source(src_name)
     print(f"loaded {src.description}")
