@@ -19,128 +19,10 @@ into the output, which is only renamed into place once complete.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from collections import defaultdict
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
-
-FIELDS = ("text", "instruction", "id")
 SUFFIXES = (".npy", ".parquet")
-
-
-def parse_line(path: str, lineno: int, raw: bytes) -> tuple[str, str | None, str | None]:
-    """One input line -> (text, instruction or None, id or None); SystemExit naming file:line."""
-    where = f"{path}:{lineno}"
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SystemExit(f"{where}: not UTF-8 (byte {e.start})") from None
-    if not line.strip():
-        raise SystemExit(f"{where}: empty line (every line must be a JSON object)")
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise SystemExit(f"{where}: expected a JSON object")
-    unknown = set(obj) - set(FIELDS)
-    if unknown:
-        raise SystemExit(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {', '.join(FIELDS)}")
-    text, instr, id_ = obj.get("text"), obj.get("instruction"), obj.get("id")
-    if not isinstance(text, str):
-        raise SystemExit(f"{where}: field 'text' must be a string")
-    if instr is not None and not isinstance(instr, str):
-        raise SystemExit(f"{where}: field 'instruction' must be a string or absent")
-    if "id" in obj:
-        if isinstance(id_, bool) or not isinstance(id_, (str, int)) or not str(id_).strip():
-            raise SystemExit(f"{where}: field 'id' must be a non-empty string or an integer")
-        id_ = str(id_)
-    return text, instr or None, id_
-
-
-def _lines(path: str) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            yield lineno, raw
-
-
-def scan(path: str) -> tuple[int, bool]:
-    """First pass: validate every line; -> (number of lines, whether lines carry ids)."""
-    n, has_ids, seen = 0, None, {}
-    for lineno, raw in _lines(path):
-        _, _, id_ = parse_line(path, lineno, raw)
-        if has_ids is None:
-            has_ids = id_ is not None
-        elif has_ids != (id_ is not None):
-            raise SystemExit(f"{path}:{lineno}: field 'id' must be given on every line or on none "
-                             f"(line 1 {'has' if has_ids else 'has none'})")
-        if id_ is not None:
-            if id_ in seen:
-                raise SystemExit(f"{path}:{lineno}: id {id_!r} already used on line {seen[id_]}")
-            seen[id_] = lineno
-        n += 1
-    if not n:
-        raise SystemExit(f"{path}: no input lines")
-    return n, bool(has_ids)
-
-
-def iter_chunks(path: str, chunk_size: int) -> Iterator[tuple[int, list[tuple[str, str | None, str | None]]]]:
-    """Second pass: (first line number, parsed lines) per chunk of chunk_size lines."""
-    chunk, first = [], 1
-    for lineno, raw in _lines(path):
-        chunk.append(parse_line(path, lineno, raw))
-        if len(chunk) == chunk_size:
-            yield first, chunk
-            chunk, first = [], lineno + 1
-    if chunk:
-        yield first, chunk
-
-
-def read_inputs(path: str) -> tuple[list[str], list[str | None]]:
-    """Whole file in memory: (texts, instructions). For small inputs and callers of the old API."""
-    scan(path)
-    rows = [r for _, chunk in iter_chunks(path, 10000) for r in chunk]
-    return [r[0] for r in rows], [r[1] for r in rows]
-
-
-class NpyWriter:
-    def __init__(self, path: str, n: int, dim: int, has_ids: bool):
-        self.path, self.tmp = path, path + ".tmp"
-        self.out = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n, dim))  # [n, d]
-
-    def write(self, start: int, ids: list, emb: np.ndarray) -> None:
-        self.out[start:start + len(emb)] = emb
-
-    def close(self) -> None:
-        self.out.flush()
-        del self.out
-        os.replace(self.tmp, self.path)
-
-
-class ParquetWriter:
-    def __init__(self, path: str, n: int, dim: int, has_ids: bool):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.pa, self.dim, self.path, self.tmp = pa, dim, path, path + ".tmp"
-        self.schema = pa.schema([("id", pa.string() if has_ids else pa.int64()),
-                                 ("embedding", pa.list_(pa.float32(), dim))])
-        self.writer = pq.ParquetWriter(self.tmp, self.schema)
-
-    def write(self, start: int, ids: list, emb: np.ndarray) -> None:
-        pa = self.pa
-        flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1))  # [c * d]
-        col = pa.FixedSizeListArray.from_arrays(flat, self.dim)  # [c] x d
-        self.writer.write_table(pa.Table.from_arrays([pa.array(ids, type=self.schema.field("id").type), col],
-                                                     schema=self.schema))
-
-    def close(self) -> None:
-        self.writer.close()
-        os.replace(self.tmp, self.path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,36 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.output}: output must end in {' or '.join(SUFFIXES)}")
     if args.chunk_size < 1:
         raise SystemExit(f"--chunk-size must be >= 1, got {args.chunk_size}")
-    n, has_ids = scan(args.input)  # every line valid before the model loads
+    from nemo_nvembed.inference.encode_file import encode_file
 
-    from tqdm.auto import tqdm
-
-    from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.models.nvembed import NVEmbedModel
-
-    model = NVEmbedModel.load(args.model, tp=args.tp)
-    dim = model.cfg.backbone.hidden_size
-    writer = None
-    if distributed.is_global_rank_zero():
-        writer = (NpyWriter if suffix == ".npy" else ParquetWriter)(args.output, n, dim, has_ids)
-    bar = tqdm(total=n, desc="encode", unit="text", disable=not distributed.is_global_rank_zero())
-    for first, chunk in iter_chunks(args.input, args.chunk_size):
-        groups: dict[str | None, list[int]] = defaultdict(list)
-        for i, (_, instr, _) in enumerate(chunk):
-            groups[instr].append(i)
-        out = np.zeros((len(chunk), dim), dtype=np.float32)  # [c, d]
-        for instr, idx in groups.items():
-            emb = model.encode([chunk[i][0] for i in idx], instruction=instr, batch_size=args.batch_size,
-                               max_length=args.max_length, precision=args.precision)
-            out[idx] = emb.numpy()
-            bar.update(len(idx))
-        if writer is not None:
-            ids = [r[2] for r in chunk] if has_ids else list(range(first, first + len(chunk)))
-            writer.write(first - 1, ids, out)
-    bar.close()
-    if writer is not None:
-        writer.close()
-        print(f"wrote {args.output}: {n} x {dim} float32")
+    encode_file(args.model, args.input, args.output, suffix, args.batch_size, args.max_length, args.precision,
+                args.tp, args.chunk_size)
 
 
 if __name__ == "__main__":

@@ -1,128 +1,19 @@
 """``python -m nemo_nvembed.train --config-name stage1 [overrides]``: one NV-Embed training stage.
 
-NeMo's recipe shape: ``@hydra_runner`` -> parallel state -> model from ``init_from`` (a .nemo:
-the converted base model for stage 1, stage 1's result for stage 2) -> Trainer with the TP x DP
-strategy -> ``exp_manager`` (TensorBoard, checkpoints, resume) -> ``fit`` -> ``<name>.nemo``.
-Relaunching the same command resumes from the last checkpoint; once the stage's ``.nemo``
-exists, relaunching is a no-op.
+Hydra composes ``conf/<config-name>.yaml`` with the overrides; :func:`nemo_nvembed.training.stage.run`
+validates it against the stage schema and runs the stage.
+
+Relaunching the same command resumes from the last checkpoint; once the stage's ``.nemo`` exists,
+relaunching is a no-op.
 """
 from __future__ import annotations
 
-import math
-from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+def run(cfg):
+    """Hydra's task function (it lives here so Hydra names the job ``train`` and finds ``../conf``)."""
+    from nemo_nvembed.training import stage
 
-from nemo_nvembed.models.config import ConfigError, validate_model_config
-from nemo_nvembed.training.config import validate_train_config
-
-ARCH_KEYS = ("backbone", "attention", "pooling", "lora", "max_length", "query_template", "tokenizer")
-
-
-def _diff(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif isinstance(a, float) or isinstance(b, float):
-        if a is None or b is None or not math.isclose(float(a), float(b), rel_tol=1e-6):
-            yield prefix[:-1], a, b
-    elif a != b:
-        yield prefix[:-1], a, b
-
-
-def check_architecture(saved, wanted, init_from: str) -> None:
-    """The stage config's model section must describe the model in ``init_from`` (the YAML is what ran)."""
-    s = OmegaConf.to_container(saved, resolve=True)
-    w = OmegaConf.to_container(wanted, resolve=True)
-    for d in (s, w):
-        d.get("tokenizer", {}).pop("file", None)
-    diffs = [x for k in ARCH_KEYS for x in _diff(s.get(k), w.get(k), f"{k}.")]
-    if diffs:
-        lines = "\n".join(f"  model.{k}: {init_from} has {a!r}, the config says {b!r}" for k, a, b in diffs)
-        raise ConfigError(f"the stage config's model section does not match {init_from}:\n{lines}\n"
-                          f"override the config (or convert the base model with the same settings)")
-
-
-def run(cfg: DictConfig) -> Path | None:
-    import lightning.pytorch as pl
-    from nemo.utils.exp_manager import exp_manager
-
-    from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.data.jsonl import load_examples
-    from nemo_nvembed.data.sampler import GlobalBatchSampler
-    from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.models.nvembed import NVEmbedModel
-    from nemo_nvembed.training.preemption import PreemptionCheckpoint
-    from nemo_nvembed.training.run_info import write_run_info
-    from nemo_nvembed.training.strategy import MegatronDPStrategy
-    from nemo_nvembed.training.objective import RetrievalValidation
-
-    tcfg = validate_train_config(cfg.train, source=f"{cfg.name}: train")
-    mcfg = validate_model_config(cfg.model, source=f"{cfg.name}: model", require_complete=False)
-    out = Path(cfg.output_nemo)
-    env = distributed.read_env()
-    rank0 = env.rank == 0
-    if out.exists():
-        if rank0:
-            print(f"{out} exists: stage {cfg.name} already finished, nothing to do")
-        return out
-    if not Path(cfg.init_from).is_file():
-        raise FileNotFoundError(f"init_from: no .nemo at {cfg.init_from}")
-    tp = cfg.parallel.tensor_model_parallel_size
-    distributed.initialize(tp, seed=mcfg.seed)
-
-    # Runtime-only model settings (activation recompute) come from the stage config, the rest from
-    # init_from, which the stage config must describe (check_architecture).
-    saved = NVEmbedModel.restore_from(cfg.init_from, return_config=True)
-    check_architecture(saved, mcfg, cfg.init_from)
-    with open_dict(saved):
-        saved.recompute = mcfg.recompute
-    model = NVEmbedModel.restore_from(cfg.init_from, override_config_path=saved)
-    registry = TaskRegistry.from_yaml(tcfg.data.tasks)
-    tok = model.tokenizer
-    loaded = load_examples(
-        tcfg.data.path, registry, tcfg.data.num_negatives, tcfg.data.allow_negative_resampling, tcfg.data.seed,
-        count_tokens=lambda t: len(tok(t, add_special_tokens=False)["input_ids"]),
-        max_length=max(tcfg.data.query_max_length, tcfg.data.doc_max_length) - 2,
-    )
-    if rank0:
-        print(loaded.summary.format(), flush=True)
-    sampler = GlobalBatchSampler([e.task for e in loaded.examples], registry, tcfg.data.global_batch_size,
-                                 distributed.dp_rank(), distributed.dp_size(), tcfg.data.seed, tcfg.data.sampling)
-
-    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
-        raise ConfigError("trainer.accumulate_grad_batches must be 1: a step is one global batch (in-batch negatives "
-                          "span all of it); use train.chunking.grad_cache=true to fit large batches")
-    with open_dict(cfg):  # the launcher decides devices and nodes; the resolved config records them
-        cfg.trainer.devices = env.local_world_size
-        cfg.trainer.num_nodes = env.num_nodes
-    preemption = PreemptionCheckpoint(Path(cfg.exp_manager.explicit_log_dir or "."))
-    callbacks = [preemption]
-    if tcfg.validation.beir:
-        precision = "bf16" if "bf16" in str(cfg.trainer.precision) else "fp32"
-        callbacks.append(RetrievalValidation(tcfg.validation.beir, registry[tcfg.validation.task].eval_instruction,
-                                             tcfg.validation.every_n_steps, tcfg.validation.batch_size, precision))
-    plugins = []
-    if env.launcher == "slurm":  # our PreemptionCheckpoint handles Slurm's signals, not Lightning's auto-requeue
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-    trainer = pl.Trainer(strategy=MegatronDPStrategy(tp, seed=mcfg.seed), callbacks=callbacks, plugins=plugins,
-                         **OmegaConf.to_container(cfg.trainer, resolve=True))
-    log_dir = exp_manager(trainer, cfg.exp_manager)
-    if rank0:
-        write_run_info(log_dir, cfg)
-    model.set_trainer(trainer)
-    model.setup_contrastive(tcfg, registry, loaded.examples, sampler, cfg.trainer.max_steps, trace_dir=log_dir)
-    trainer.fit(model)
-    if preemption.stopped:
-        if rank0:
-            print(f"stage {cfg.name} stopped by a signal at step {trainer.global_step}; relaunch to resume", flush=True)
-        return None
-    model.save_to(str(out))
-    if rank0:
-        print(f"stage {cfg.name} finished at step {trainer.global_step}: wrote {out}", flush=True)
-    return out
+    return stage.run(cfg)
 
 
 def main() -> None:

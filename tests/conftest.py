@@ -48,3 +48,20 @@ def make_tiny(tokenizer_file, single_process):
         return NVEmbedModel(tiny_config(tokenizer_file, **overrides))
 
     return make
+
+
+def model_with_random_lora(tokenizer_file, seed: int, **overrides):
+    """A tiny NVEmbedModel whose LoRA B is random (so LoRA changes the output); -> (model, full weights)."""
+    import torch
+
+    from nemo_nvembed.models.nvembed import NVEmbedModel
+
+    model = NVEmbedModel(tiny_config(tokenizer_file, **overrides))
+    full = model.full_state_dict()
+    g = torch.Generator().manual_seed(seed)
+    for k in full:
+        if k.endswith("lora_B"):
+            full[k] = 0.05 * torch.randn(full[k].shape, generator=g)
+    model.load_full_state_dict(full)
+    return model, full
+

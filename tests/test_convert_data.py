@@ -13,7 +13,9 @@ import pytest
 
 from conftest import REPO
 from nemo_nvembed import convert_data as cd
-from nemo_nvembed import demo_data as dd
+from nemo_nvembed.data.neardup import near_duplicates
+from nemo_nvembed.prep.nonretrieval import text_id
+from nemo_nvembed.prep import demo_corpus as dd
 from nemo_nvembed.data.jsonl import load_examples
 from nemo_nvembed.data.tasks import TaskRegistry
 
@@ -132,7 +134,7 @@ def test_sts_jsonl(items, tmp_path, registry, capsys):
     for r in written:
         scores = index.scores(r["query"])
         rank = sorted(range(len(uniq)), key=lambda j: (-scores[j], j))
-        assert r["pos_id"] == cd.text_id(r["pos"])
+        assert r["pos_id"] == text_id(r["pos"])
         for n in r["neg"]:
             assert n not in (r["query"], r["pos"]) and n not in related.get(r["query"], ())
             j = uniq.index(n)
@@ -165,7 +167,7 @@ def test_near_duplicates_is_symmetric():
              "Open a file and return a stream."]
     evals = ["Return the sum of the values in the iterable!", "Return the sum of a start value plus an "
              "iterable of numbers, starting from zero, ignoring strings and other non-numeric things."]
-    hits = cd.near_duplicates(train, evals, 0.9)
+    hits = near_duplicates(train, evals, 0.9)
     assert set(hits) == {0} and hits[0][0] == 0
 
 

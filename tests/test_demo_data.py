@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nemo_nvembed import demo_data as dd
+from nemo_nvembed.prep import demo_corpus as dd
+from nemo_nvembed.prep import pydoc_items
 
 TASKS = {dd.RETRIEVAL, dd.CLASSIFICATION, dd.CLUSTERING}
 SMALL = ["--max-train", "300", "--heldout-queries", "60", "--heldout-corpus", "150",
@@ -152,16 +153,16 @@ def test_default_sizes_fit_a_cpu_demo(default_build):
 
 def test_split_docstring_strips_signatures_and_boilerplate():
     doc = "pack(format, v1, v2, ...) -> bytes\n\nReturn a bytes object. Packed according to the format.\n\nMore."
-    assert dd.split_docstring(doc) == ("Return a bytes object.", "Packed according to the format. More.")
-    assert dd.split_docstring("Return self==value.") is None
-    assert dd.split_docstring("Initialize self.  See help(type(self)) for accurate signature.") is None
-    summary, body = dd.split_docstring("Wrap text, e.g. a paragraph. Then fill\n   it.")
+    assert pydoc_items.split_docstring(doc) == ("Return a bytes object.", "Packed according to the format. More.")
+    assert pydoc_items.split_docstring("Return self==value.") is None
+    assert pydoc_items.split_docstring("Initialize self.  See help(type(self)) for accurate signature.") is None
+    summary, body = pydoc_items.split_docstring("Wrap text, e.g. a paragraph. Then fill\n   it.")
     assert summary == "Wrap text, e.g. a paragraph." and body == "Then fill it."
 
 
 def test_trim_cuts_at_sentence_end():
     text = " ".join(f"Sentence number {i} is here." for i in range(100))
-    out = dd.trim(text, 600)
+    out = pydoc_items.trim(text, 600)
     assert len(out) <= 600 and out.endswith("here.") and text.startswith(out)
 
 

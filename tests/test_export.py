@@ -1,7 +1,7 @@
 """Export to NV-Embed-v2's Hugging Face layout, and import of that layout (``convert from-hf``).
 
 (a) An independent plain-PyTorch reference (transformers' MistralModel from ``text_config`` + a
-    latent-attention head written here from ../shared/NVEMBED_FACTS.md + NV-Embed's text
+    latent-attention head written here from the released NV-Embed-v2 head + NV-Embed's text
     handling), reading only the exported folder, reproduces our ``encode`` (fp32) for a tiny model
     whose LoRA B and head are random. The head's names and shapes follow the facts table.
 (b) A model built and saved under TP=2 (two gloo processes), exported under TP=2 and under TP=1
@@ -118,7 +118,7 @@ def expected_head_shapes(d: int, r: int, heads: int, dh: int) -> dict[str, tuple
 
 @pytest.mark.parametrize("family", ["mistral", "llama"])
 def test_export_matches_independent_reference(make_tiny, tmp_path, family):
-    from nemo_nvembed.export import export_hf
+    from nemo_nvembed.interop.hf_export import export_hf
 
     # add_bos on: the exported tokenizer must add BOS itself (SmolLM2's does not), and BOS is never pooled.
     model = make_tiny(**TINY, **{"tokenizer.add_bos": True, "backbone.family": family}).eval()
@@ -192,7 +192,7 @@ def test_tp2_export_import_round_trip(tokenizer_file, single_process, tmp_path):
 def test_import_released_style_folder(make_tiny, tmp_path):
     """As released: text_config model_type 'bidir_mistral', none of our extra fields, no tokenizer_class."""
     from nemo_nvembed import convert
-    from nemo_nvembed.export import export_hf
+    from nemo_nvembed.interop.hf_export import export_hf
     from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = make_tiny(**TINY).eval()
@@ -217,7 +217,7 @@ def test_import_released_style_folder(make_tiny, tmp_path):
 # ---------------------------------------------------------------------------------- other poolings
 def test_mean_pooling_exports_backbone_only_and_round_trips(make_tiny, tmp_path):
     from nemo_nvembed import convert
-    from nemo_nvembed.export import export_hf
+    from nemo_nvembed.interop.hf_export import export_hf
     from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = make_tiny(**TINY, **{"pooling.type": "mean"}).eval()
@@ -235,7 +235,7 @@ def test_mean_pooling_exports_backbone_only_and_round_trips(make_tiny, tmp_path)
 
 
 def test_self_attention_pooling_is_refused(make_tiny, tmp_path):
-    from nemo_nvembed.export import export_hf
+    from nemo_nvembed.interop.hf_export import export_hf
 
     with pytest.raises(ValueError, match="no NV-Embed-v2 layout"):
         export_hf(make_tiny(**{"pooling.type": "self_attention"}), str(tmp_path / "hf"))

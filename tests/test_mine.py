@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from nemo_nvembed import demo_data as dd
-from nemo_nvembed import mine as mn
+from nemo_nvembed.prep import demo_corpus as dd
+from nemo_nvembed import mine
+from nemo_nvembed.data.beir import RetrievalSet, read_retrieval_set
+from nemo_nvembed.prep import mining as mn
 from nemo_nvembed.data.jsonl import load_examples
 from nemo_nvembed.data.tasks import TaskRegistry
 
@@ -78,7 +80,7 @@ def reference_negatives(scores: np.ndarray, pos: int, relevant: set[int], keys: 
     return out[:n]
 
 
-def check_rows(path: Path, data: mn.RetrievalSet, registry, num_negatives: int) -> list:
+def check_rows(path: Path, data: RetrievalSet, registry, num_negatives: int) -> list:
     """Loads with the training loader; negatives never repeat a positive (by id or text)."""
     exs = load_examples(path, registry, num_negatives, allow_negative_resampling=True).examples
     rel = {(q, f"{TASK}:{d}") for q, ds in data.qrels.items() for d, s in ds.items() if s > 0}
@@ -96,7 +98,7 @@ def test_bm25_cli(beir, tmp_path, registry):
     p = subprocess.run([sys.executable, "-m", "nemo_nvembed.mine", *_args(beir, out, "bm25", "--perc-pos", "0.9")],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
-    data = mn.read_retrieval_set(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels" / "test.tsv")
+    data = read_retrieval_set(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels" / "test.tsv")
     exs = check_rows(out, data, registry, 7)
     n_queries = len(data.query_ids)
     assert f"queries read {n_queries}," in p.stdout
@@ -111,7 +113,7 @@ def test_bm25_cli(beir, tmp_path, registry):
 
 
 def test_bm25_matches_reference_and_threshold(beir, tmp_path):
-    data = mn.read_retrieval_set(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels" / "test.tsv")
+    data = read_retrieval_set(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels" / "test.tsv")
     perc_pos, top_k, n = 0.9, 30, 7
     pairs, summary = mn.mine(data, mn.Bm25Teacher(data.doc_texts), top_k, n, perc_pos, progress=False)
     assert summary.candidate_drops["score >= perc_pos x positive's"] > 0  # the filter is exercised
@@ -160,9 +162,9 @@ def test_dense_teacher(beir, tmp_path, registry, tiny_nemo):
 
     out = tmp_path / "dense.jsonl"
     perc_pos, top_k, n = 0.99, 40, 4
-    summary = mn.main(_args(beir, out, str(tiny_nemo), "--top-k", str(top_k), "--num-negatives", str(n),
+    summary = mine.main(_args(beir, out, str(tiny_nemo), "--top-k", str(top_k), "--num-negatives", str(n),
                             "--perc-pos", str(perc_pos), "--batch-size", "64"))
-    data = mn.read_retrieval_set(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels" / "test.tsv")
+    data = read_retrieval_set(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels" / "test.tsv")
     exs = check_rows(out, data, registry, n)
     assert len(exs) == summary.pairs_written > 0
     # Recompute cosines with the model itself, and the selection with the plain reference.

@@ -77,7 +77,7 @@ def registry() -> TaskRegistry:
 
 
 def test_mteb_local_retrieval_and_classification(make_tiny, tmp_path):
-    from nemo_nvembed.mteb_encoder import NVEmbedMTEBEncoder, run
+    from nemo_nvembed.eval.mteb import NVEmbedMTEBEncoder, run
 
     model = make_tiny()
     calls = []  # (task texts, instruction) of every encode call
@@ -107,7 +107,7 @@ def test_mteb_local_retrieval_and_classification(make_tiny, tmp_path):
 
 
 def test_registry_names_for_mteb_versions():
-    from nemo_nvembed.mteb_encoder import registry_name
+    from nemo_nvembed.eval.mteb import registry_name
     from nemo_nvembed.paths import CONF
 
     reg = TaskRegistry.from_yaml(CONF / "tasks.yaml")

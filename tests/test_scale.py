@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO, tiny_config
+from conftest import REPO, model_with_random_lora, tiny_config
 from dist_utils import run_distributed
 from test_training import contrastive_step, write_examples
 
@@ -20,15 +20,7 @@ def assert_grads_close(a, b):
 
 
 def random_model(tokenizer_file, **overrides):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
-
-    model = NVEmbedModel(tiny_config(tokenizer_file, **overrides))
-    full = model.full_state_dict()
-    g = torch.Generator().manual_seed(11)
-    for k in full:
-        if k.endswith("lora_B"):
-            full[k] = 0.05 * torch.randn(full[k].shape, generator=g)
-    model.load_full_state_dict(full)
+    model, full = model_with_random_lora(tokenizer_file, 11, **overrides)
     return model.train(), full  # dropout ON (lora.dropout 0.1 in tiny.yaml)
 
 
@@ -168,9 +160,9 @@ def test_benchmark_batch_for_a_model_with_another_vocabulary(single_process, tmp
     """mistral_7b (vocab 32,000) gets the same real texts through SmolLM2's tokenizer, ids folded."""
     from omegaconf import OmegaConf
 
-    from nemo_nvembed import bench
+    from nemo_nvembed.benchmark import runner as bench
     from nemo_nvembed.demo_data import main as make_demo_data
-    from nemo_nvembed.training.objective import BatchStream
+    from nemo_nvembed.training.batches import BatchStream
 
     make_demo_data(["--out", str(tmp_path / "data")])
     spec = {"model": "mistral_7b", "layers": 1, "tokenizer": bench._tokenizer_file(tmp_path),

@@ -8,7 +8,7 @@ from nemo_nvembed.data.tasks import Task, TaskConfigError, TaskRegistry, Unknown
 
 TASKS_YAML = Path(__file__).resolve().parents[1] / "conf" / "tasks.yaml"
 
-# Every task of the instruction table in NVEMBED_FACTS.md (NV-Embed Tables 6 and 7), by kind.
+# Every task of NV-Embed's instruction tables (arXiv 2405.17428, Tables 6 and 7), by kind.
 RETRIEVAL = [
     "ArguAna", "ClimateFEVER", "DBPedia", "FEVER", "FiQA2018", "HotpotQA", "MSMARCO", "NFCorpus",
     "NQ", "QuoraRetrieval", "SCIDOCS", "SciFact", "Touche2020", "TRECCOVID", "SQuAD",

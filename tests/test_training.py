@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, tiny_config
+from conftest import REPO, model_with_random_lora, tiny_config
 from dist_utils import run_distributed
 
 TASKS = str(REPO / "conf" / "tasks.yaml")
@@ -42,7 +42,8 @@ def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=
     from nemo_nvembed.data.tasks import TaskRegistry
     from nemo_nvembed.training.strategy import sum_gradients
     from nemo_nvembed.training.config import validate_train_config
-    from nemo_nvembed.training.objective import BatchStream, ContrastiveObjective
+    from nemo_nvembed.training.batches import BatchStream
+    from nemo_nvembed.training.objective import ContrastiveObjective
 
     tcfg = validate_train_config(OmegaConf.create({
         "data": {"path": str(data_path), "tasks": TASKS, "num_negatives": 3, "global_batch_size": global_batch},
@@ -78,17 +79,9 @@ def _dp_worker(rank, world, tokenizer_file, full, data_path, in_batch):
 
 @pytest.mark.parametrize("in_batch", [True, False], ids=["stage1", "stage2"])
 def test_dp2_step_equals_one_process_with_whole_batch(in_batch, tokenizer_file, single_process, tmp_path):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
-
     data = tmp_path / "train.jsonl"
     write_examples(data)
-    model = NVEmbedModel(tiny_config(tokenizer_file, **{"lora.dropout": 0.0}))
-    full = model.full_state_dict()
-    g = torch.Generator().manual_seed(3)
-    for k in full:
-        if k.endswith("lora_B"):
-            full[k] = 0.05 * torch.randn(full[k].shape, generator=g)
-    model.load_full_state_dict(full)
+    model, full = model_with_random_lora(tokenizer_file, 3, **{"lora.dropout": 0.0})
     ref_loss, ref_grads = _grads_for(model, data, 8, 0, 1, in_batch)
     for loss, grads in run_distributed(_dp_worker, 2, tokenizer_file, full, data, in_batch, timeout_s=300):
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,6 @@
-"""Model-independent data pipeline: task registry, JSONL loader/validator, global-batch sampler."""
+"""Model-independent data: task registry, training-example loader/validator, global-batch sampler, and the
+one of each reader the rest shares: JSONL (jsonl_io), BEIR folders (beir), tables (tables), BM25 (bm25),
+near-duplicate filter (neardup)."""
 
 from nemo_nvembed.data.jsonl import DataError, Example, LoadResult, LoadSummary, load_examples
 from nemo_nvembed.data.sampler import GlobalBatchSampler

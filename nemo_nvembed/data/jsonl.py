@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
+from nemo_nvembed.data.jsonl_io import iter_lines
 from nemo_nvembed.data.tasks import TaskRegistry, close_matches
 
 REQUIRED_FIELDS = ("task", "query", "pos", "neg")
@@ -115,15 +116,6 @@ class LoadResult:
     summary: LoadSummary
 
 
-def _iter_lines(path: Path):
-    """Yield (line_number, file_offset, raw_bytes) per line; '\\n' stripped, '\\r' kept."""
-    offset = 0
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            yield number, offset, raw.rstrip(b"\n")
-            offset += len(raw)
-
-
 def _reject_duplicate_keys(pairs):
     seen = {}
     for k, v in pairs:
@@ -189,7 +181,7 @@ def load_examples(
     examples: List[Example] = []
     errors: List[DataError] = []
     has_ids: Optional[Tuple[bool, int]] = None  # (file uses ids, line that decided it)
-    for line, offset, raw in _iter_lines(path):
+    for line, offset, raw in iter_lines(path):
         summary.lines_read += 1
         try:
             if line == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark

@@ -10,7 +10,7 @@ Sources: a folder with ``config.json`` + ``*.safetensors`` (+ tokenizer files), 
 
 A folder in NV-Embed-v2's layout (``config.json`` with ``text_config`` and usually
 ``latent_attention_config``; weights ``embedding_model.*`` and ``latent_attention_model.*``; see
-``../shared/NVEMBED_FACTS.md``) is recognised too: its ``text_config`` is the backbone's HF config
+the released ``nvidia/NV-Embed-v2`` on the Hugging Face Hub) is recognised too: its ``text_config`` is the backbone's HF config
 and the head's released names map 1:1 onto ours under ``latent_attention_model.head.``
 (:func:`head_from_hf` / :func:`head_to_hf`). ``nemo_nvembed.export`` writes that layout.
 """
@@ -177,8 +177,12 @@ def nvembed_pooling_config(nv: dict, sd: dict[str, torch.Tensor], hidden_size: i
     la = nv.get("latent_attention_config")
     if not la:
         pooling = nv.get("pooling")
-        if not isinstance(pooling, dict) or pooling.get("type") not in ("mean", "eos"):
-            raise ValueError("NV-Embed config has no latent_attention_config and no 'pooling' {type: mean|eos} field")
+        from nemo_nvembed.models.pooling import POOLINGS
+
+        backbone_only = [name for name, kind in POOLINGS.items() if kind.hf_backbone_only]
+        if not isinstance(pooling, dict) or pooling.get("type") not in backbone_only:
+            raise ValueError(f"NV-Embed config has no latent_attention_config and no 'pooling' "
+                             f"{{type: {'|'.join(backbone_only)}}} field")
         return dict(type=pooling["type"], normalize=bool(pooling["normalize"]))
     for key in ("hidden_dim", "latent_dim"):
         if la.get(key, hidden_size) != hidden_size:

@@ -12,8 +12,10 @@ from typing import List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nemo_nvembed.models.pooling import POOLINGS, pooling_type
+from nemo_nvembed.parallel import DEFAULT_SEED
+
 ATTENTION_TYPES = ("bidirectional", "causal")
-POOLING_TYPES = ("latent_attention", "mean", "eos", "self_attention")
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 
 # Keys NeMo's ModelPT adds to a model config on its own; they are not ours to validate.
@@ -81,7 +83,7 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_length: int = 512
     query_template: str = "Instruct: {instruction}\nQuery: "
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
 
 
 class ConfigError(ValueError):
@@ -115,8 +117,8 @@ def _check_values(cfg: DictConfig, source: str) -> None:
 
     if cfg.attention not in ATTENTION_TYPES:
         bad("attention", f"{cfg.attention!r} is not one of {ATTENTION_TYPES}")
-    if cfg.pooling.type not in POOLING_TYPES:
-        bad("pooling.type", f"{cfg.pooling.type!r} is not one of {POOLING_TYPES}")
+    if cfg.pooling.type not in POOLINGS:
+        bad("pooling.type", f"{cfg.pooling.type!r} is not one of {tuple(POOLINGS)}")
     if cfg.backbone.family not in ("mistral", "llama", "???"):
         bad("backbone.family", f"{cfg.backbone.family!r} is not 'mistral' or 'llama'")
     for name in cfg.lora.target_modules:
@@ -149,8 +151,7 @@ def check_parallel_layout(cfg: DictConfig, tp: int, pp: int = 1, source: str = "
         "backbone.ffn_hidden_size": b.ffn_hidden_size,
         "backbone.vocab_size": b.vocab_size,
     }
-    if p.type in ("latent_attention", "self_attention"):
-        checks["pooling.num_heads"] = p.num_heads
+    checks.update(pooling_type(p.type).tp_divisible(p))
     for name, value in checks.items():
         if value % tp:
             raise ConfigError(

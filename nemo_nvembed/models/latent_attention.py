@@ -1,6 +1,6 @@
 """NV-Embed's latent-attention pooling head (paper section 3.2), tensor-parallel and fused.
 
-Parameter names and shapes follow the released NV-Embed-v2 head (``../shared/NVEMBED_FACTS.md``):
+Parameter names and shapes follow the released NV-Embed-v2 head (``nvidia/NV-Embed-v2`` on the Hugging Face Hub):
 ``latents``, ``cross_attend_blocks.0.{norm,norm_context,fn.to_q,fn.to_kv,fn.to_out}`` and
 ``cross_attend_blocks.1.{norm,fn.net.0,fn.net.2}``. Token states are the queries; the trainable
 latents give keys and values. Heads (``to_q``, ``to_kv``, ``to_out``) and the GEGLU MLP are split

@@ -6,14 +6,13 @@ and :meth:`load` set up a single-process one when there is none.
 """
 from __future__ import annotations
 
-import json
 import math
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from nemo.core import ModelPT
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nemo_nvembed.parallel import distributed, tp_layout
 from nemo_nvembed.models.backbone import attention_mask as build_attention_mask
@@ -70,8 +69,7 @@ class NVEmbedModel(ModelPT):
     # ------------------------------------------------------------------ construction helpers
     @classmethod
     def from_config(cls, cfg, tp: int = 1, trainer=None) -> "NVEmbedModel":
-        seed = OmegaConf.select(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, "seed", default=1234)
-        distributed.initialize(tp, seed=seed)
+        distributed.initialize(tp, seed=validate_model_config(cfg).seed)
         return cls(cfg, trainer=trainer)
 
     @classmethod
@@ -156,78 +154,33 @@ class NVEmbedModel(ModelPT):
             self._save_restore_connector.save_full(self, full, str(save_path))
         distributed.barrier()
 
-    # ------------------------------------------------------------------ contrastive training
-    def setup_contrastive(self, train_cfg, registry, examples, sampler, max_steps: int, trace_dir=None) -> None:
-        """Attach the training data and objective (called by nemo_nvembed.train before fit).
-
-        With ``trace_dir``, each rank appends the source lines of every batch it trains on to
-        ``samples/rank<r>.jsonl`` there (a resumed run appends; the last entry of a step wins; a
-        folder, because exp_manager moves a resumed run's top-level files into run_<n>/).
-        """
-        from nemo_nvembed.training.objective import BatchStream, ContrastiveObjective
-
-        self.train_cfg, self._sampler, self._max_steps = train_cfg, sampler, max_steps
-        self._trace = None
-        if trace_dir is not None:
-            import torch.distributed as dist
-
-            from pathlib import Path
-
-            folder = Path(trace_dir) / "samples"
-            folder.mkdir(parents=True, exist_ok=True)
-            self._trace = open(folder / f"rank{dist.get_rank()}.jsonl", "a", buffering=1)
-        self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size, self._cfg.seed)
-        self._train_dl = BatchStream(examples, sampler, registry, self.text, train_cfg.data,
-                                     train_cfg.loss.in_batch_negatives, start=lambda: self.trainer.global_step)
+    # ------------------------------------------------------------------ training (delegated)
+    def attach_training(self, training) -> None:
+        """Hand in a training stage's data, objective and optimizer factory (built by
+        :mod:`nemo_nvembed.training.stage`); Lightning's training hooks below delegate to it."""
+        self._training = training
 
     def train_dataloader(self):
-        return self._train_dl
+        return self._training.train_dataloader(self)
 
     def training_step(self, batch, batch_idx):
-        if batch.step != self.trainer.global_step:
-            raise RuntimeError(f"data stream at step {batch.step} but trainer at step {self.trainer.global_step}")
-        # Gradients are zeroed here, not by Lightning (which zeroes between training_step and
-        # backward): GradCache back-propagates inside the step.
-        for opt in self.trainer.optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss, out = self.objective.step(self, batch)
-        if loss is not None and not loss.requires_grad:  # GradCache: gradients are already in place
-            loss = loss.detach().requires_grad_()
-        if self._trace is not None:
-            self._trace.write(json.dumps({"step": batch.step, "lines": batch.lines}) + "\n")
-        self.log_dict({"train_loss": out.global_loss, "train_acc": out.accuracy, "masked_duplicates": out.num_masked.float(),
-                       "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}, prog_bar=True, batch_size=len(batch.pos_keys))
-        tok = self.objective.tokens
-        self.log_dict({"skipped_nonfinite": float(self.objective.skipped_nonfinite),
-                       "truncated_texts": float(self.objective.truncated_texts),
-                       "tokens_real": float(tok["real"]), "tokens_padded": float(tok["padded"]),
-                       "padding_waste": (tok["padded"] - tok["real"]) / max(1, tok["padded"])},
-                      batch_size=len(batch.pos_keys))
-        return loss
+        return self._training.training_step(self, batch)
 
     def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
-        pass  # see training_step
+        pass  # the training step zeroes them: GradCache back-propagates inside the step
 
     def configure_optimizers(self):
-        from nemo_nvembed.training.objective import build_optimizer
-
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt, sched = build_optimizer(params, self.train_cfg.optim, self._max_steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return self._training.configure_optimizers(self)
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["sampler"] = self._sampler.state_dict_at(self.trainer.global_step)
+        self._training.on_save_checkpoint(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint):
-        if "sampler" not in checkpoint:
-            raise KeyError("training checkpoint has no sampler state: it was not written by nemo_nvembed.train")
-        self._sampler.load_state_dict(checkpoint["sampler"])  # refuses a state from other data/seed
-        if checkpoint["sampler"]["step"] != checkpoint["global_step"]:
-            raise ValueError(f"checkpoint sampler step {checkpoint['sampler']['step']} != global step {checkpoint['global_step']}")
+        self._training.on_load_checkpoint(self, checkpoint)
 
     # ------------------------------------------------------------------ NeMo hooks
     def setup_training_data(self, train_data_config):
-        pass  # data is wired by setup_contrastive (nemo_nvembed.train)
+        pass  # data comes with attach_training
 
     def setup_validation_data(self, val_data_config):
         pass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from nemo_nvembed.parallel import cpu_compat
+from nemo_nvembed.parallel import DEFAULT_SEED, cpu_compat
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ def init_process_group(backend: str | None = None) -> DistEnv:
     env = read_env()
     if dist.is_initialized():
         return env
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
+    backend = backend or ("nccl" if cpu_compat.cuda_available() else "gloo")
+    if cpu_compat.cuda_available():
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(
         backend,
@@ -88,7 +88,7 @@ def init_process_group(backend: str | None = None) -> DistEnv:
     return env
 
 
-def initialize(tensor_model_parallel_size: int = 1, seed: int = 1234, backend: str | None = None) -> None:
+def initialize(tensor_model_parallel_size: int = 1, seed: int = DEFAULT_SEED, backend: str | None = None) -> None:
     """Process group + megatron parallel state (TP x DP = world size) + RNG seeds.
 
     Idempotent for the same TP size; asking for a different TP size after initialisation is an error.
@@ -123,7 +123,7 @@ def reseed_for_step(seed: int, step: int, salt: int = 0) -> None:
 
     base = (seed * 1_000_003 + step * 7_919 + salt * 15_485_863) % (2**62)
     torch.manual_seed(base + 104_729 * ps.get_data_parallel_rank())
-    if torch.cuda.is_available():
+    if cpu_compat.cuda_available():
         torch.cuda.manual_seed(base + 104_729 * ps.get_data_parallel_rank())
     tracker = tensor_parallel.get_cuda_rng_tracker()
     tracker.reset()
@@ -136,40 +136,34 @@ def is_initialized() -> bool:
     return dist.is_initialized() and ps.model_parallel_is_initialized()
 
 
-def tp_group():
-    from megatron.core import parallel_state as ps
+def _ps():
+    from megatron.core import parallel_state  # imported on first use: megatron is slow to import
 
-    return ps.get_tensor_model_parallel_group()
+    return parallel_state
+
+
+def tp_group():
+    return _ps().get_tensor_model_parallel_group()
 
 
 def tp_rank() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_rank()
+    return _ps().get_tensor_model_parallel_rank()
 
 
 def tp_size() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_world_size()
+    return _ps().get_tensor_model_parallel_world_size()
 
 
 def dp_group():
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_group()
+    return _ps().get_data_parallel_group()
 
 
 def dp_rank() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_rank()
+    return _ps().get_data_parallel_rank()
 
 
 def dp_size() -> int:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_world_size()
+    return _ps().get_data_parallel_world_size()
 
 
 def is_global_rank_zero() -> bool:

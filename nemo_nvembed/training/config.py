@@ -1,16 +1,24 @@
-"""Schema of a stage config's ``train`` section (conf/stage1.yaml, conf/stage2.yaml).
+"""The schema of a whole stage config (conf/stage1.yaml, conf/stage2.yaml + overrides): name and
+paths, ``parallel``, ``model`` (:class:`~nemo_nvembed.models.config.ModelConfig`), ``train``,
+``trainer`` (Lightning Trainer arguments), ``exp_manager`` (NeMo's) and ``hydra``.
 
-Validated in struct mode like the model config, so a misspelled key fails with its name.
+The composed config is merged onto ``OmegaConf.structured(StageConfig)`` in struct mode once, at
+the start of ``nemo_nvembed.train``, before any weight or data is loaded: a misspelled key anywhere
+(``trainer.max_stepz``) fails naming it, and every default lives in the YAML or in this schema.
+``trainer.devices``/``trainer.num_nodes`` come from the launcher through the ``${launcher:...}``
+resolver registered here (:func:`nemo_nvembed.parallel.distributed.read_env`), so the resolved
+config in the run directory records them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nemo_nvembed.models.config import ConfigError
+from nemo_nvembed.models.config import ConfigError, ModelConfig, validate_model_config
+from nemo_nvembed.parallel import DEFAULT_SEED
 
 
 @dataclass
@@ -23,7 +31,7 @@ class DataConfig:
     global_batch_size: int = 128  # queries per optimizer step over all DP ranks (paper: 128)
     query_max_length: int = 512
     doc_max_length: int = 512
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
 
 
 @dataclass
@@ -91,4 +99,101 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
             raise ConfigError(f"{source}: train.chunking.{key} must be >= 0")
     if merged.validation.beir and not merged.validation.task:
         raise ConfigError(f"{source}: train.validation.task is required when train.validation.beir is set")
+    return merged
+
+
+# ---------------------------------------------------------------------------------------- the whole stage
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    """The Lightning ``Trainer`` arguments a stage may set (passed to it as they are); values in the YAML."""
+
+    accelerator: str = MISSING
+    devices: Any = MISSING  # ${launcher:local_world_size}
+    num_nodes: int = MISSING  # ${launcher:num_nodes}
+    max_steps: int = MISSING
+    precision: str = MISSING
+    gradient_clip_val: Optional[float] = MISSING
+    accumulate_grad_batches: int = 1  # must be 1: a step is one global batch (in-batch negatives span it)
+    log_every_n_steps: int = MISSING
+    logger: bool = MISSING
+    enable_checkpointing: bool = MISSING
+    use_distributed_sampler: bool = MISSING
+    limit_val_batches: float = MISSING
+    num_sanity_val_steps: int = MISSING
+    enable_model_summary: bool = MISSING
+    enable_progress_bar: bool = MISSING
+
+
+@dataclass
+class CheckpointCallbackParams:
+    monitor: str = MISSING
+    mode: str = MISSING
+    save_top_k: int = MISSING
+    save_last: bool = MISSING
+    every_n_train_steps: int = MISSING
+    every_n_epochs: Optional[int] = MISSING
+    save_nemo_on_train_end: bool = MISSING
+    always_save_nemo: bool = MISSING
+    filename: str = MISSING
+
+
+@dataclass
+class ExpManagerSection:
+    """The ``exp_manager`` keys a stage sets (NeMo's exp_manager receives them as they are); values in the YAML."""
+
+    explicit_log_dir: str = MISSING
+    resume_if_exists: bool = MISSING
+    resume_ignore_no_checkpoint: bool = MISSING
+    create_tensorboard_logger: bool = MISSING
+    create_checkpoint_callback: bool = MISSING
+    checkpoint_callback_params: CheckpointCallbackParams = field(default_factory=CheckpointCallbackParams)
+    create_preemption_callback: bool = MISSING
+    log_step_timing: bool = MISSING
+    log_tflops_per_sec_per_gpu: bool = MISSING
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+    run_root: str = MISSING
+    init_from: str = MISSING  # a .nemo: the converted base model (stage 1) or stage 1's result (stage 2)
+    output_nemo: str = MISSING
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # must describe init_from (runtime keys aside)
+    train: TrainSection = field(default_factory=TrainSection)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    exp_manager: ExpManagerSection = field(default_factory=ExpManagerSection)
+    hydra: Optional[Any] = None  # Hydra's own settings (Hydra validates them)
+
+
+def _launcher(key: str):
+    from nemo_nvembed.parallel import distributed
+
+    return getattr(distributed.read_env(), key)
+
+
+OmegaConf.register_new_resolver("launcher", _launcher, replace=True)
+
+
+def validate_stage_config(cfg) -> DictConfig:
+    """The composed stage config -> the typed, resolved, struct-mode config; ConfigError naming the key."""
+    name = OmegaConf.select(cfg, "name") if isinstance(cfg, DictConfig) else cfg["name"]
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        merged = OmegaConf.merge(OmegaConf.structured(StageConfig), raw)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"stage {name}: {e}") from None
+    missing = sorted(k for k in OmegaConf.missing_keys(merged) if not k.startswith("model."))
+    if missing:
+        raise ConfigError(f"stage {name}: required values are missing: {', '.join(missing)}")
+    validate_model_config(merged.model, source=f"{name}: model", require_complete=False)
+    validate_train_config(merged.train, source=f"{name}: train")
+    if merged.trainer.accumulate_grad_batches != 1:
+        raise ConfigError("trainer.accumulate_grad_batches must be 1: a step is one global batch (in-batch negatives "
+                          "span all of it); use train.chunking.grad_cache=true to fit large batches")
     return merged

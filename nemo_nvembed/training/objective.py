@@ -1,58 +1,16 @@
-"""The contrastive training step, its data stream and optimizer (paper section 3.3, Table 5).
+"""The contrastive training step over the local batch, plain or GradCache (paper section 3.3, Table 5).
 
-Composed into :class:`NVEmbedModel` by :meth:`NVEmbedModel.setup_contrastive`; the model class
-delegates ``training_step``/``configure_optimizers``/``train_dataloader`` here.
+Used by :class:`nemo_nvembed.training.contrastive.ContrastiveTraining`, which the model's
+``training_step`` delegates to.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from lightning.pytorch.callbacks import Callback
 
-from nemo_nvembed.training import chunking
 from nemo_nvembed.parallel import distributed
-from nemo_nvembed.data.jsonl import Example
-from nemo_nvembed.data.sampler import GlobalBatchSampler
-from nemo_nvembed.data.tasks import TaskRegistry
+from nemo_nvembed.training import chunking
+from nemo_nvembed.training.batches import ContrastiveBatch
 from nemo_nvembed.training.loss import contrastive_loss
-
-
-@dataclass
-class ContrastiveBatch:
-    step: int
-    queries: object  # text.Batch [b, s]
-    docs: object  # text.Batch [b*(1+k), s]: per query its positive then its k negatives
-    in_batch: torch.Tensor  # [b] bool
-    pos_keys: list[str]
-    neg_keys: list[list[str]]
-    num_negatives: int
-    lines: list[int]  # source lines of the examples (traces, error messages)
-
-
-class BatchStream:
-    """This rank's batches from step ``start()`` on: the sampler is random-access by step, so a
-    resumed run continues the exact sample order of an uninterrupted one."""
-
-    def __init__(self, examples: list[Example], sampler: GlobalBatchSampler, registry: TaskRegistry,
-                 text_encoder, data_cfg, in_batch_negatives: bool, start):
-        self.examples, self.sampler, self.registry, self.text = examples, sampler, registry, text_encoder
-        self.cfg, self.stage_in_batch, self.start = data_cfg, in_batch_negatives, start
-
-    def __iter__(self):
-        step = self.start()
-        self.sampler.load_state_dict(self.sampler.state_dict_at(step))
-        for local in self.sampler:
-            yield self.collate(step, [self.examples[i] for i in local])
-            step += 1
-
-    def collate(self, step: int, exs: list[Example]) -> ContrastiveBatch:
-        tasks = [self.registry[e.task] for e in exs]
-        queries = self.text([e.query for e in exs], [t.train_instruction for t in tasks], self.cfg.query_max_length)
-        docs = self.text([d for e in exs for d in (e.pos, *e.neg)], None, self.cfg.doc_max_length)
-        in_batch = torch.tensor([self.stage_in_batch and t.in_batch_negatives for t in tasks])
-        return ContrastiveBatch(step, queries, docs, in_batch, [e.pos_key for e in exs],
-                                [list(e.neg_keys) for e in exs], len(exs[0].neg), [e.line for e in exs])
 
 
 class ContrastiveObjective:
@@ -114,52 +72,3 @@ class ContrastiveObjective:
         chunking.backward_chunks(model, batch.queries, q_chunks, q.grad, self.seed, batch.step, 0)
         chunking.backward_chunks(model, batch.docs, d_chunks, d.grad, self.seed, batch.step, 1)
         return out.loss.detach(), out
-
-
-def build_optimizer(params, optim_cfg, max_steps: int):
-    """AdamW (Adam with decoupled weight decay 0.03), linear warm-up then linear decay (Table 5)."""
-    opt = torch.optim.AdamW(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
-                            weight_decay=optim_cfg.weight_decay)
-    warm, floor = optim_cfg.warmup_steps, optim_cfg.min_lr / optim_cfg.lr
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        frac = (step - warm) / max(1, max_steps - warm)
-        return max(floor, 1.0 - (1.0 - floor) * frac)
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    return opt, sched
-
-
-class RetrievalValidation(Callback):
-    """Scores a BEIR folder every ``every_n_steps`` optimizer steps and at the end; logs
-    ``val_ndcg@10`` and ``val_recall@100``. All ranks encode (TP ranks must take part)."""
-
-    def __init__(self, folder: str, instruction: str, every_n_steps: int, batch_size: int, precision: str):
-        from nemo_nvembed.evaluate import load_beir
-
-        self.data, self.instruction = load_beir(folder), instruction
-        self.every, self.batch_size, self.precision = every_n_steps, batch_size, precision
-        self.history: list[tuple[int, dict]] = []
-
-    def _run(self, trainer, model):
-        from nemo_nvembed.evaluate import score
-
-        step = trainer.global_step
-        if self.history and self.history[-1][0] == step:
-            return
-        metrics = score(model, self.data, self.instruction, self.batch_size, self.precision)
-        self.history.append((step, metrics))
-        for logger in trainer.loggers:
-            logger.log_metrics({"val_ndcg@10": metrics["ndcg@10"], "val_recall@100": metrics["recall@100"]}, step)
-        if trainer.is_global_zero:
-            print(f"[validation] step {step}: nDCG@10 {metrics['ndcg@10']:.4f}  Recall@100 {metrics['recall@100']:.4f}",
-                  flush=True)
-
-    def on_train_batch_end(self, trainer, model, outputs, batch, batch_idx):
-        if trainer.global_step % self.every == 0:
-            self._run(trainer, model)
-
-    def on_train_end(self, trainer, model):
-        self._run(trainer, model)

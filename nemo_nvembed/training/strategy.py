@@ -52,7 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class MegatronDPStrategy(DDPStrategy):
     strategy_name = "nvembed_megatron_dp"
 
-    def __init__(self, tensor_model_parallel_size: int = 1, seed: int = 1234, **kwargs):
+    def __init__(self, tensor_model_parallel_size: int, seed: int, **kwargs):
         kwargs.setdefault("checkpoint_io", AtomicCheckpointIO())
         super().__init__(**kwargs)
         self.tp = tensor_model_parallel_size

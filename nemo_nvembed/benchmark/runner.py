@@ -1,0 +1,308 @@
+"""``python -m nemo_nvembed.bench --model smollm2_135m``: our training step vs a plain reference.
+
+Both run the same batch of real text (the demo's retrieval data: ``--queries`` queries x (1
+positive + ``--negatives`` hard negatives)) with random weights of the same shapes, after
+``--warmup`` untimed steps, each system in its own process (so peak memory is its own):
+
+- ours: megatron backbone + TP LoRA + fused latent-attention head, chunked length-aware batching
+  (optionally GradCache), NV-Embed loss, AdamW;
+- reference (:mod:`nemo_nvembed.benchmark.reference`): transformers model with a non-causal mask,
+  PEFT LoRA, the head and loss in plain PyTorch, padding to the longest text of each group;
+- reference_ckpt: the same with transformers' gradient checkpointing, what a user of the
+  reference would turn on when the plain step does not fit in memory (``--systems`` picks).
+
+Model FLOPs per real token (training, frozen backbone + LoRA, fully trained head), L layers,
+width d, KV width d_kv, FFN width f, sequence length s, head with H heads of width h_d, r latents,
+FF multiplier m:
+    backbone matmuls   N_bb = L * (2 d^2 + 2 d d_kv + 3 d f)
+    backbone attention A_bb = 4 L s d                       (QK^T and AV, forward)
+    head matmuls       N_h  = 2 d H h_d + 2 m d^2 + m d^2   (to_q, to_out, GEGLU in/out)
+    head attention     A_h  = 4 r H h_d
+    FLOPs/token = 2 N_bb + A_bb            (forward)
+                + 2 N_bb + 2 A_bb          (backward: activation gradients only; frozen weights)
+                + 6 N_h + 3 A_h            (head: forward + activation and weight gradients)
+LoRA's own FLOPs are negligible at rank 16 and are left out. MFU = FLOPs/token x real tokens/s /
+peak; the peak is ``--peak-tflops`` or a measured bf16 (GPU: bf16) matmul rate on this machine.
+Memory: peak RSS of the worker process (GPU: peak allocated) and the step's own peak tensor
+memory (see :func:`step_peak_memory`). Results go to ``--out`` as JSON for comparison across commits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nemo_nvembed.models.pooling import pooling_type
+from nemo_nvembed.parallel import cpu_compat
+from nemo_nvembed.paths import CONF, REPO
+
+SMOLLM2_VOCAB = 49152
+
+
+def flops_per_token(model_cfg, seq_len: float) -> float:
+    b, p = model_cfg.backbone, model_cfg.pooling
+    L, d, f = b.num_layers, b.hidden_size, b.ffn_hidden_size
+    d_kv = d // b.num_attention_heads * b.num_query_groups
+    n_bb = L * (2 * d * d + 2 * d * d_kv + 3 * d * f)
+    a_bb = 4 * L * seq_len * d
+    flops = 4 * n_bb + 3 * a_bb + pooling_type(p.type).flops_per_token(p, d, seq_len)
+    return float(flops)
+
+
+def measure_peak_tflops(device: str) -> float:
+    n = 4096 if device == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    bm = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(2):
+        a @ bm
+    reps = 50 if device == "cuda" else 6
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ bm
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def step_peak_memory(step, device: str) -> float:
+    """Peak tensor memory one step allocates above what was live before it, GiB.
+
+    GPU: the caching allocator's peak. CPU: the profiler's record of every allocation and free of
+    PyTorch's CPU allocator (one extra, untimed step), summed in time order. Unlike peak RSS this
+    leaves out the matmul library's per-shape kernel cache (oneDNN keeps ~0.6 MB per distinct bf16
+    GEMM shape, measured; GradCache's many chunk lengths create many shapes) and freed heap
+    pages the C allocator keeps: it is the memory that batch size, chunking and recompute govern.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**30
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:  # allocations positive, frees negative
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**30
+
+
+# ------------------------------------------------------------------------------------ workers
+
+def _setup(spec):
+    from omegaconf import OmegaConf
+
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.models.config import validate_model_config
+    from nemo_nvembed.data.jsonl import load_examples
+    from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.paths import model_config_path
+    from nemo_nvembed.models.text import TextEncoder, load_tokenizer
+
+    distributed.initialize(1)
+    cfg = OmegaConf.load(model_config_path(spec["model"]))
+    if cfg.backbone.vocab_size != SMOLLM2_VOCAB:  # e.g. mistral_7b: SmolLM2's tokenizer, ids folded (see worker)
+        cfg.tokenizer = OmegaConf.load(model_config_path("smollm2_135m")).tokenizer
+    cfg.tokenizer.file = spec["tokenizer"]
+    if spec.get("layers"):
+        cfg.backbone.num_layers = spec["layers"]
+    cfg = validate_model_config(cfg)
+    registry = TaskRegistry.from_yaml(CONF / "tasks.yaml")
+    exs = load_examples(spec["data"], registry, spec["negatives"]).examples[: spec["queries"]]
+    tok = load_tokenizer(cfg.tokenizer, spec["tokenizer"])
+    text = TextEncoder(tok, cfg.query_template, cfg.tokenizer.add_bos, cfg.max_length)
+    return cfg, registry, exs, text
+
+
+def fold_ids(batch, vocab_size: int):
+    """Random weights: only the texts' lengths matter, so SmolLM2 token ids are folded into a smaller
+    vocabulary (mistral_7b's 32,000) instead of shipping another tokenizer."""
+    for b in (batch.queries, batch.docs):
+        b.input_ids = b.input_ids % vocab_size
+    return batch
+
+
+def _timed(step, warmup: int, steps: int, device: str) -> list[float]:
+    times = []
+    for i in range(warmup + steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def worker(spec: dict) -> dict:
+    device = "cuda" if cpu_compat.cuda_available() else "cpu"
+    cfg, registry, exs, text = _setup(spec)
+    from omegaconf import OmegaConf
+
+    from nemo_nvembed.training.config import validate_train_config
+    from nemo_nvembed.training.batches import BatchStream
+
+    tcfg = validate_train_config(OmegaConf.create({
+        "data": {"path": spec["data"], "tasks": str(CONF / "tasks.yaml"), "num_negatives": spec["negatives"],
+                 "global_batch_size": spec["queries"], "query_max_length": spec["query_max_length"],
+                 "doc_max_length": spec["doc_max_length"]},
+        "loss": {"temperature": 0.02, "in_batch_negatives": True}, "optim": {"lr": 1e-5},
+        "chunking": {"chunk_size": spec["chunk_size"], "length_aware": spec["length_aware"], "grad_cache": spec["grad_cache"],
+                     "chunk_cost_tokens": spec["chunk_cost_tokens"], "max_chunk_tokens": spec["max_chunk_tokens"]}}))
+    batch = fold_ids(BatchStream(exs, None, registry, text, tcfg.data, True, start=lambda: 0).collate(0, exs),
+                     cfg.backbone.vocab_size)
+    amp = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
+    k = spec["negatives"]
+
+    if spec["system"] == "ours":
+        from nemo_nvembed.models.nvembed import NVEmbedModel
+        from nemo_nvembed.training.objective import ContrastiveObjective
+
+        model = NVEmbedModel(cfg).to(device).train()
+        objective = ContrastiveObjective(tcfg, spec["queries"], seed=0)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                loss, _ = objective.step(model, batch)
+            if loss.requires_grad:
+                loss.backward()
+            opt.step()
+
+        tokens = lambda: (objective.tokens["real"], objective.tokens["padded"])  # noqa: E731
+        extra = {"uses_te": bool(model.backbone.uses_te)}
+    else:
+        from nemo_nvembed.benchmark import reference as ref
+
+        backbone, head = ref.build_reference(cfg)
+        if spec["system"] == "reference_ckpt":
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        backbone.to(device).train()
+        head.to(device).train()
+        params = [p for p in [*backbone.parameters(), *head.parameters()] if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                loss = ref.step_loss(backbone, head, batch.queries, batch.docs, k, 0.02)
+            loss.backward()
+            opt.step()
+
+        extra = {}
+        tokens = lambda: (int(batch.queries.attention_mask.sum() + batch.docs.attention_mask.sum()),  # noqa: E731
+                          int(batch.queries.attention_mask.numel() + batch.docs.attention_mask.numel()))
+    times = _timed(step, spec["warmup"], spec["steps"], device)
+    real, padded = tokens()
+    step_s = sum(times) / len(times)
+    step_peak = step_peak_memory(step, device) if spec["step_memory"] else None
+    peak_mem = (torch.cuda.max_memory_allocated() / 2**30 if device == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    seq_len = real / (len(exs) * (2 + k))
+    return {"system": spec["system"], "device": device, "step_s": step_s, "step_times": times,
+            "tokens_real": real, "tokens_padded": padded, "tokens_per_s_real": real / step_s,
+            "tokens_per_s_padded": padded / step_s, "padding_waste": (padded - real) / padded,
+            "peak_memory_gib": peak_mem, "step_peak_gib": step_peak, "flops_per_token": flops_per_token(cfg, seq_len),
+            "sequences": len(exs) * (2 + k), **extra}
+
+
+# ------------------------------------------------------------------------------------ driver
+
+def _tokenizer_file(tmp: Path) -> str:
+    """SmolLM2's tokenizer (the only one shipped offline) for every model: the texts' real lengths."""
+    path = tmp / "tokenizer.json"
+    from transformers import AutoTokenizer
+
+    from nemo_nvembed.interop.hf_import import smollm2_path
+
+    gguf = smollm2_path()
+    AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf)).backend_tokenizer.save(str(path))
+    return str(path)
+
+
+def compare(args) -> None:
+    """``python -m nemo_nvembed.bench`` with its parsed arguments: every system in its own worker process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = args.data
+        if data is None:
+            data = REPO / "demo_out" / "data" / "stage1.jsonl"
+            if not data.exists():
+                subprocess.run([sys.executable, "-m", "nemo_nvembed.demo_data", "--out", str(tmp / "data")],
+                               check=True, capture_output=True)
+                data = tmp / "data" / "stage1.jsonl"
+        device = "cuda" if cpu_compat.cuda_available() else "cpu"
+        peak = args.peak_tflops or measure_peak_tflops(device)
+        spec = {"model": args.model, "layers": args.layers, "tokenizer": _tokenizer_file(tmp),
+                "data": str(data), "queries": args.queries, "negatives": args.negatives,
+                "query_max_length": args.query_max_length, "doc_max_length": args.doc_max_length,
+                "chunk_size": args.chunk_size, "length_aware": not args.no_length_aware, "grad_cache": args.grad_cache,
+                "chunk_cost_tokens": args.chunk_cost_tokens, "max_chunk_tokens": args.max_chunk_tokens,
+                "step_memory": not args.no_step_memory, "precision": args.precision, "warmup": args.warmup, "steps": args.steps}
+        results, failed = [], []
+        for system in args.systems.split(","):
+            print(f"[bench] {system}: {args.warmup} warm-up + {args.steps} timed steps ...", flush=True)
+            out = subprocess.run([sys.executable, "-m", "nemo_nvembed.bench", "--worker", json.dumps({**spec, "system": system})],
+                                 capture_output=True, text=True, cwd=REPO)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
+            if out.returncode != 0 or line is None:
+                why = ("killed by SIGKILL: out of memory" if out.returncode == -9
+                       else f"exit {out.returncode}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ''}")
+                print(f"[bench] {system} failed ({why})", flush=True)
+                failed.append({"system": system, "error": why})
+                continue
+            r = json.loads(line.split(" ", 1)[1])
+            r["mfu"] = r["flops_per_token"] * r["tokens_per_s_real"] / (peak * 1e12)
+            results.append(r)
+    header = ["system", "step s", "tok/s real", "tok/s padded", "peak RSS GiB" if device == "cpu" else "peak alloc GiB",
+              "step peak GiB", "padding", "GFLOP/token", "MFU"]
+    rows = [[r["system"], f"{r['step_s']:.2f}", f"{r['tokens_per_s_real']:.0f}", f"{r['tokens_per_s_padded']:.0f}",
+             f"{r['peak_memory_gib']:.2f}", "-" if r["step_peak_gib"] is None else f"{r['step_peak_gib']:.2f}",
+             f"{100 * r['padding_waste']:.1f}%", f"{r['flops_per_token'] / 1e9:.2f}",
+             f"{100 * r['mfu']:.1f}%"] for r in results]
+    print(f"\nmodel {args.model}{f' ({args.layers} layers)' if args.layers else ''}, {device}, {args.precision}, "
+          f"{args.queries} queries x (1 + {args.negatives}) passages, peak {peak:.2f} TFLOP/s"
+          f"{' (measured)' if not args.peak_tflops else ''}")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    for f in failed:
+        print(f"| {f['system']} | failed: {f['error']} |")
+    summary = {"args": vars(args), "peak_tflops": peak, "results": results, "failed": failed}
+    by = {r["system"]: r for r in results}
+    for name in ("reference", "reference_ckpt"):
+        if "ours" not in by or name not in by:
+            continue
+        ours, ref = by["ours"], by[name]
+        ratio = ours["tokens_per_s_real"] / ref["tokens_per_s_real"]
+        summary["ratio_tokens_per_s_real" + name[len("reference"):]] = ratio
+        print(f"\nours / {name}: {ratio:.2f}x real tokens/s, {ref['step_s'] / ours['step_s']:.2f}x faster steps, "
+              f"{ours['peak_memory_gib'] / ref['peak_memory_gib']:.2f}x peak memory")
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    if device == "cuda" and args.gpu_mistral_layers and args.model != "mistral_7b":
+        # The same comparison at Mistral-7B width (reduced depth): the paper's layer shapes, with
+        # transformer-engine layers where ours can use them (backbone.uses_te).
+        print(f"\n[bench] Mistral-7B width, {args.gpu_mistral_layers} layers", flush=True)
+        compare(argparse.Namespace(**{**vars(args), "model": "mistral_7b", "layers": args.gpu_mistral_layers,
+                                      "gpu_mistral_layers": 0,
+                                      "out": str(Path(args.out).with_suffix("")) + ".mistral_7b.json"}))

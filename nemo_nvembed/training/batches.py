@@ -1,0 +1,47 @@
+"""One training step's batch and the stream of them: sampled examples -> tokenised queries and documents."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nemo_nvembed.data.jsonl import Example
+from nemo_nvembed.data.sampler import GlobalBatchSampler
+from nemo_nvembed.data.tasks import TaskRegistry
+
+
+@dataclass
+class ContrastiveBatch:
+    step: int
+    queries: object  # text.Batch [b, s]
+    docs: object  # text.Batch [b*(1+k), s]: per query its positive then its k negatives
+    in_batch: torch.Tensor  # [b] bool
+    pos_keys: list[str]
+    neg_keys: list[list[str]]
+    num_negatives: int
+    lines: list[int]  # source lines of the examples (traces, error messages)
+
+
+class BatchStream:
+    """This rank's batches from step ``start()`` on: the sampler is random-access by step, so a
+    resumed run continues the exact sample order of an uninterrupted one."""
+
+    def __init__(self, examples: list[Example], sampler: GlobalBatchSampler, registry: TaskRegistry,
+                 text_encoder, data_cfg, in_batch_negatives: bool, start):
+        self.examples, self.sampler, self.registry, self.text = examples, sampler, registry, text_encoder
+        self.cfg, self.stage_in_batch, self.start = data_cfg, in_batch_negatives, start
+
+    def __iter__(self):
+        step = self.start()
+        self.sampler.load_state_dict(self.sampler.state_dict_at(step))
+        for local in self.sampler:
+            yield self.collate(step, [self.examples[i] for i in local])
+            step += 1
+
+    def collate(self, step: int, exs: list[Example]) -> ContrastiveBatch:
+        tasks = [self.registry[e.task] for e in exs]
+        queries = self.text([e.query for e in exs], [t.train_instruction for t in tasks], self.cfg.query_max_length)
+        docs = self.text([d for e in exs for d in (e.pos, *e.neg)], None, self.cfg.doc_max_length)
+        in_batch = torch.tensor([self.stage_in_batch and t.in_batch_negatives for t in tasks])
+        return ContrastiveBatch(step, queries, docs, in_batch, [e.pos_key for e in exs],
+                                [list(e.neg_keys) for e in exs], len(exs[0].neg), [e.line for e in exs])

@@ -1,0 +1,30 @@
+"""The code map's rules (README "Code map"): import layers, thin commands, small files."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+COMMANDS = ("train", "encode", "convert", "export", "evaluate", "mine", "convert_data", "mteb_encoder", "bench",
+            "demo", "demo_data")
+
+
+def test_import_contracts_hold():
+    """import-linter with the contracts in pyproject.toml: commands > library layers; no command imported."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    p = subprocess.run([str(lint)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert "0 broken" in p.stdout
+
+
+def test_commands_are_thin_and_files_small():
+    package = REPO / "nemo_nvembed"
+    top = {f.stem for f in package.glob("*.py")} - {"__init__", "paths"}
+    assert top == set(COMMANDS), f"top-level modules are the commands (and paths.py); found {sorted(top - set(COMMANDS))}"
+    long_commands = {c: n for c in COMMANDS if (n := len((package / f"{c}.py").read_text().splitlines())) >= 100}
+    assert not long_commands, f"commands must stay under 100 lines: {long_commands}"
+    sources = [*package.rglob("*.py"), *(REPO / "tests").rglob("*.py")]
+    big = {str(f.relative_to(REPO)): n for f in sources if (n := len(f.read_text().splitlines())) > 400}
+    assert not big, f"source files over 400 lines: {big}"
