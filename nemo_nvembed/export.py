@@ -161,13 +161,19 @@ def _refuse_existing(out: str) -> None:
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
 
 
-def export_hf(model, out: str, dtype: torch.dtype = torch.float32) -> None:
-    """Write ``model`` (an ``NVEmbedModel``) to ``out`` in NV-Embed-v2's layout.
+def export_hf(model, out: str, dtype: torch.dtype = torch.float32, name_or_path: str | None = None) -> None:
+    """Write ``model`` (an ``NVEmbedModel``) to ``out`` in NV-Embed-v2's layout, loadable by HF clients.
 
     Every rank must call it (the weights are gathered over the TP group); global rank 0 writes.
+    ``name_or_path`` (``text_config._name_or_path``, where NV-Embed-v2's own client loads the
+    tokenizer from) defaults to the absolute path of ``out``; give the Hub id when uploading.
     """
+    from nemo_nvembed.interop import hf_clients
+    from nemo_nvembed.paths import CONF
+
     cfg = model.cfg
     config = nvembed_config(cfg, model.tokenizer, dtype)  # refuses unsupported pooling before the gather
+    hf_clients.client_config(config, cfg, name_or_path or os.path.abspath(out))
     _refuse_existing(out)
     full = model.full_state_dict()  # collective
     if distributed.is_global_rank_zero():
@@ -182,6 +188,7 @@ def export_hf(model, out: str, dtype: torch.dtype = torch.float32) -> None:
         hf_tokenizer(model.tokenizer, cfg.tokenizer, cfg.max_length).save_pretrained(partial)
         _patch_json(os.path.join(partial, "tokenizer_config.json"),
                     tokenizer_class="PreTrainedTokenizerFast")  # transformers 5 writes its own "TokenizersBackend"; 4.x knows only this
+        hf_clients.write_client_files(partial, config, cfg, CONF / "tasks.yaml")
         if os.path.isdir(out):
             os.rmdir(out)  # empty (checked above)
         os.replace(partial, out)
@@ -201,13 +208,15 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     h.add_argument("--tp", type=int, default=None, help="tensor-parallel size to load with (default: the number of processes)")
     h.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weight dtype in the safetensors (default fp32)")
+    h.add_argument("--name-or-path", default=None,
+                   help="text_config._name_or_path, e.g. the Hub id the folder will have (default: the output folder)")
     args = p.parse_args(argv)
     if args.cmd == "hf":
         from nemo_nvembed.models.nvembed import NVEmbedModel
 
         tp = args.tp or distributed.read_env().world_size
         model = NVEmbedModel.load(args.model, tp=tp)
-        export_hf(model, args.out, DTYPES[args.dtype])
+        export_hf(model, args.out, DTYPES[args.dtype], args.name_or_path)
 
 
 if __name__ == "__main__":

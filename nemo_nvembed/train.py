@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nemo_nvembed.models.config import ConfigError, validate_model_config
 from nemo_nvembed.training.config import validate_train_config
 
-ARCH_KEYS = ("backbone", "attention", "pooling", "lora", "max_length", "query_template", "tokenizer")
+ARCH_KEYS = ("backbone", "attention", "pooling", "lora", "max_length", "query_template", "pool_span", "tokenizer")
 
 
 def _diff(a, b, prefix=""):
