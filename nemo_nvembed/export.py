@@ -11,7 +11,13 @@ Writes a ``.nemo`` as a Hugging Face folder in NV-Embed-v2's layout (``../shared
 - safetensors: ``embedding_model.<HF Mistral/Llama names>`` (LoRA merged: W + alpha/rank * B A)
   and ``latent_attention_model.<released head names>``; one file, or 5 GB shards + index.
 - the ``.nemo``'s tokenizer as an HF fast tokenizer (bos/eos/pad set, right padding), whose own
-  BOS behaviour is made to match the model's ``tokenizer.add_bos``.
+  BOS behaviour is made to match the model's ``tokenizer.add_bos``; ``tokenizer.json`` keeps BPE
+  merges as ``"a b"`` strings, which older tokenizers releases also parse.
+- for HF clients (``interop/hf_clients.py``): remote code (``modeling_nvembed.py`` ...) and
+  ``auto_map``, ``hidden_size``, ``mask_type``, ``pool_span``, ``text_config.model_type``
+  ``bidir_mistral``/``bidir_llama`` and ``text_config._name_or_path`` (``--name-or-path``), plus the
+  sentence-transformers files, so that ``AutoModel.from_pretrained(DIR, trust_remote_code=True)``
+  and ``SentenceTransformer(DIR, trust_remote_code=True)`` load it and equal our ``encode``.
 
 Pooling: only ``latent_attention`` has NV-Embed-v2's layout. ``mean`` and ``eos`` export the
 backbone alone with ``model_type: "nvembed_backbone"`` and no ``latent_attention_config`` (so
