@@ -57,11 +57,20 @@ def st_prompts(query_template: str, tasks_yaml: str | os.PathLike) -> dict[str, 
     return {name: query_template.format(instruction=registry[name].eval_instruction) for name in registry.names}
 
 
-def write_sentence_transformers(folder: str, cfg, prompts: dict[str, str]) -> None:
-    import sentence_transformers
-    import torch
-    import transformers
+def _versions() -> dict[str, str]:
+    """Installed versions for config_sentence_transformers.json; sentence-transformers itself is not needed to export."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    out = {}
+    for key, dist in (("sentence_transformers", "sentence-transformers"), ("transformers", "transformers"), ("pytorch", "torch")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_sentence_transformers(folder: str, cfg, prompts: dict[str, str]) -> None:
     modules = [{"idx": 0, "name": "0", "path": "", "type": ST_INPUT_MODULE},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.sentence_transformer.modules.Pooling"}]
     if cfg.pooling.normalize:
@@ -76,8 +85,7 @@ def write_sentence_transformers(folder: str, cfg, prompts: dict[str, str]) -> No
         "1_Pooling/config.json": {"embedding_dimension": cfg.backbone.hidden_size, "pooling_mode": "mean",
                                   "include_prompt": True},  # the input module's mask already leaves the prefix out
         "config_sentence_transformers.json": {
-            "__version__": {"sentence_transformers": sentence_transformers.__version__,
-                            "transformers": transformers.__version__, "pytorch": torch.__version__},
+            "__version__": _versions(),
             "model_type": "SentenceTransformer",
             "requirements": {"sentence_transformers": ">=6.0"},
             "prompts": prompts,
