@@ -19,9 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     h.add_argument("--tp", type=int, default=None, help="tensor-parallel size to load with (default: the number of processes)")
     h.add_argument("--dtype", choices=sorted(hf_export.DTYPES), default="fp32", help="weight dtype in the safetensors (default fp32)")
+    h.add_argument("--name-or-path", default=None,
+                   help="text_config._name_or_path, e.g. the Hub id the folder will have (default: the output folder)")
     args = p.parse_args(argv)
     if args.cmd == "hf":
-        hf_export.export_nemo(args.model, args.out, args.tp, args.dtype)
+        hf_export.export_nemo(args.model, args.out, args.tp, args.dtype, args.name_or_path)
 
 
 if __name__ == "__main__":

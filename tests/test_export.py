@@ -46,26 +46,39 @@ def load_folder(folder):
 
 
 # ---------------------------------------------------------------------------------- reference
-def reference_embed(folder: str, texts: list[str], instruction: str | None) -> torch.Tensor:
-    """NV-Embed-v2 from the exported folder alone: transformers backbone + the facts file's head."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaModel, MistralConfig, MistralModel
+def reference_embed(folder: str, texts: list[str], instruction: str | None, pool_span: str = "exact") -> torch.Tensor:
+    """NV-Embed-v2 from the exported folder alone: transformers backbone + the facts file's head.
+
+    ``pool_span="nvembed_v2"`` tokenizes and masks literally as NV-Embed-v2's released ``encode``
+    does: ``tokenizer(prefix + text + eos_token)`` (the tokenizer's own BOS), then the first
+    ``len(tokenizer.tokenize(prefix))`` positions leave the pooling mask.
+    """
+    from transformers import LlamaConfig, LlamaModel, MistralConfig, MistralModel, PreTrainedTokenizerFast
 
     cfg, sd = load_folder(folder)
-    tc, la = cfg["text_config"], cfg["latent_attention_config"]
-    classes = {"mistral": (MistralConfig, MistralModel), "llama": (LlamaConfig, LlamaModel)}[tc["model_type"]]
+    tc, la = dict(cfg["text_config"]), cfg["latent_attention_config"]
+    model_type = tc.pop("model_type")
+    tc.pop("_name_or_path")
+    assert model_type.startswith("bidir_"), model_type  # NV-Embed-v2's client reads this prefix as bidirectional
+    classes = {"bidir_mistral": (MistralConfig, MistralModel), "bidir_llama": (LlamaConfig, LlamaModel)}[model_type]
     hf = classes[1](classes[0](**tc, attn_implementation="eager")).eval()
     hf.load_state_dict({k.removeprefix("embedding_model."): v for k, v in sd.items() if k.startswith("embedding_model.")})
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = PreTrainedTokenizerFast.from_pretrained(folder)
     assert tok.padding_side == "right" and cfg["padding_side"] == "right" and cfg["add_eos"] and cfg["is_mask_instruction"]
 
-    # Text handling: query prefix; the tokenizer's own BOS; EOS appended; pooled = tokens ending
-    # inside the text (not BOS, not the instruction prefix) + EOS; right padding.
     prefix = f"Instruct: {instruction}\nQuery: " if instruction else ""
     rows = []
     for t in texts:
-        enc = tok(prefix + t, add_special_tokens=True, return_offsets_mapping=True)
-        pool = [int(end > len(prefix)) for _, end in enc["offset_mapping"]]
-        rows.append((enc["input_ids"] + [tok.eos_token_id], pool + [1]))
+        if pool_span == "exact":
+            # Text handling: query prefix; the tokenizer's own BOS; EOS appended; pooled = tokens ending
+            # inside the text (not BOS, not the instruction prefix) + EOS; right padding.
+            enc = tok(prefix + t, add_special_tokens=True, return_offsets_mapping=True)
+            pool = [int(end > len(prefix)) for _, end in enc["offset_mapping"]]
+            rows.append((enc["input_ids"] + [tok.eos_token_id], pool + [1]))
+        else:
+            ids = tok(prefix + t + tok.eos_token)["input_ids"]
+            n = len(tok.tokenize(prefix)) if prefix else 0
+            rows.append((ids, [0] * n + [1] * (len(ids) - n)))
     s = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), s), tok.pad_token_id)
     att, pool = torch.zeros(len(rows), s), torch.zeros(len(rows), s)
@@ -129,8 +142,10 @@ def test_export_matches_independent_reference(make_tiny, tmp_path, family):
     cfg, sd = load_folder(out)
     assert cfg["model_type"] == "nvembed" and cfg["architectures"] == ["NVEmbedModel"]
     assert cfg["latent_attention_config"] == {"model_type": "latent_attention", "num_latents_value": 16, "num_cross_heads": 2,
-                                              "hidden_dim": 64, "latent_dim": 64, "cross_dim_head": 24, "output_normalize": True}
-    assert cfg["text_config"]["model_type"] == family and cfg["text_config"]["num_key_value_heads"] == 2
+                                              "hidden_dim": 64, "latent_dim": 64, "cross_dim_head": 24, "output_normalize": True,
+                                              "ff_mult": 4}
+    assert cfg["text_config"]["model_type"] == f"bidir_{family}" and cfg["text_config"]["num_key_value_heads"] == 2
+    assert cfg["hidden_size"] == 64 and cfg["mask_type"] == "b" and cfg["text_config"]["_name_or_path"] == os.path.abspath(out)
     head = {k: tuple(v.shape) for k, v in sd.items() if k.startswith("latent_attention_model.")}
     assert head == expected_head_shapes(64, 16, 2, 24)
     assert all(k.startswith(("embedding_model.", "latent_attention_model.")) for k in sd)
@@ -176,6 +191,8 @@ def test_tp2_export_import_round_trip(tokenizer_file, single_process, tmp_path):
 
     export.main(["hf", "--model", os.path.join(tmp, "tp2.nemo"), "--out", os.path.join(tmp, "hf_tp1"), "--tp", "1"])
     (cfg2, sd2), (cfg1, sd1) = load_folder(os.path.join(tmp, "hf_tp2")), load_folder(os.path.join(tmp, "hf_tp1"))
+    for c, name in ((cfg1, "hf_tp1"), (cfg2, "hf_tp2")):  # where each folder was written: the only difference
+        assert c["text_config"].pop("_name_or_path") == os.path.abspath(os.path.join(tmp, name))
     assert cfg1 == cfg2 and sd1.keys() == sd2.keys()
     for k in sd1:  # the TP=2 gather and the TP=1 export write the same tensors
         torch.testing.assert_close(sd1[k], sd2[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
@@ -190,18 +207,21 @@ def test_tp2_export_import_round_trip(tokenizer_file, single_process, tmp_path):
 
 
 def test_import_released_style_folder(make_tiny, tmp_path):
-    """As released: text_config model_type 'bidir_mistral', none of our extra fields, no tokenizer_class."""
+    """As released: none of our extra fields (no pool_span), no tokenizer_class; a BOS tokenizer.
+
+    The import pools as NV-Embed-v2's client does (pool_span=nvembed_v2, checked against the
+    released algorithm in reference_embed); model.pool_span=exact gives back the exported model.
+    """
     from nemo_nvembed import convert
     from nemo_nvembed.interop.hf_export import export_hf
     from nemo_nvembed.models.nvembed import NVEmbedModel
 
-    model = make_tiny(**TINY).eval()
+    model = make_tiny(**TINY, **{"tokenizer.add_bos": True}).eval()
     randomize(model, seed=8)
     out = tmp_path / "hf"
     export_hf(model, str(out))
     cfg = json.loads((out / "config.json").read_text())
-    cfg["text_config"]["model_type"] = "bidir_mistral"
-    for key in ("pooling", "attention", "query_template", "max_length"):
+    for key in ("pooling", "attention", "query_template", "max_length", "pool_span", "auto_map"):
         del cfg[key]
     (out / "config.json").write_text(json.dumps(cfg))
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
@@ -210,7 +230,18 @@ def test_import_released_style_folder(make_tiny, tmp_path):
     convert.main(["from-hf", str(out), "--out", str(tmp_path / "released.nemo")])
     back = NVEmbedModel.restore_from(str(tmp_path / "released.nemo")).eval()
     assert back.cfg.lora.enabled and back.cfg.lora.rank == 16  # fresh LoRA from mistral_7b.yaml (B = 0)
-    torch.testing.assert_close(back.encode(QUERIES, instruction=INSTRUCTION), model.encode(QUERIES, instruction=INSTRUCTION),
+    assert back.cfg.pool_span == "nvembed_v2" and back.cfg.attention == "bidirectional"
+    for texts, instruction in ((QUERIES, INSTRUCTION), (DOCS, None)):
+        torch.testing.assert_close(back.encode(texts, instruction=instruction), reference_embed(str(out), texts, instruction, "nvembed_v2"),
+                                   rtol=1e-5, atol=2e-6)
+    # The conventions differ for documents (BOS pooled). For these queries they coincide: the prefix
+    # tokenized alone ends with a lone "Ġ" that the joint string merges into the first word, so the
+    # released count covers BOS + the prefix exactly.
+    assert (back.encode(DOCS) - model.encode(DOCS)).abs().max() > 1e-3
+
+    convert.main(["from-hf", str(out), "--out", str(tmp_path / "exact.nemo"), "model.pool_span=exact"])
+    exact = NVEmbedModel.restore_from(str(tmp_path / "exact.nemo")).eval()
+    torch.testing.assert_close(exact.encode(QUERIES, instruction=INSTRUCTION), model.encode(QUERIES, instruction=INSTRUCTION),
                                rtol=1e-5, atol=2e-6)
 
 

@@ -57,6 +57,23 @@ def test_bos_is_attended_not_pooled(tokenizer_file, single_process):
     assert b.pool_mask[0, 1:].all()
 
 
+def test_nvembed_v2_pool_span_counts_the_prefix_from_bos(tokenizer_file, single_process):
+    """pool_span=nvembed_v2 (the released client): documents pool BOS; a query masks len(tokenize(prefix))
+    leading positions, BOS among them. tests/test_export.py checks it against the released algorithm."""
+    from nemo_nvembed.models.config import ConfigError, validate_model_config
+    from nemo_nvembed.models.nvembed import NVEmbedModel
+
+    model = NVEmbedModel(tiny_config(tokenizer_file, **{"tokenizer.add_bos": True, "pool_span": "nvembed_v2"}))
+    d = model.text(["hello there"])
+    assert d.input_ids[0, 0] == model.tokenizer.bos_token_id and torch.equal(d.pool_mask, d.attention_mask)
+    prefix = "Instruct: Retrieve it\nQuery: "
+    q = model.text(["hello there"], instruction="Retrieve it")
+    n = len(model.tokenizer.tokenize(prefix))
+    assert q.pool_mask[0, :n].sum() == 0 and q.pool_mask[0, n:].all()
+    with pytest.raises(ConfigError, match="pool_span"):
+        validate_model_config(tiny_config(tokenizer_file, pool_span="bos"), source="tiny.yaml")
+
+
 def test_truncation_keeps_eos(make_tiny):
     model = make_tiny()
     b = model.text(["word " * 500], instruction="Find", max_length=32)

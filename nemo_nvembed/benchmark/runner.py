@@ -125,7 +125,7 @@ def _setup(spec):
     registry = TaskRegistry.from_yaml(CONF / "tasks.yaml")
     exs = load_examples(spec["data"], registry, spec["negatives"]).examples[: spec["queries"]]
     tok = load_tokenizer(cfg.tokenizer, spec["tokenizer"])
-    text = TextEncoder(tok, cfg.query_template, cfg.tokenizer.add_bos, cfg.max_length)
+    text = TextEncoder(tok, cfg.query_template, cfg.tokenizer.add_bos, cfg.max_length, cfg.pool_span)
     return cfg, registry, exs, text
 
 

@@ -41,9 +41,15 @@ def nvembed_sections(nv: dict, state_dict, bcfg: dict) -> dict:
               f"is_mask_instruction={nv.get('is_mask_instruction')}; this model always pads right, appends EOS "
               f"and leaves the instruction out of the pooled mean")
     out = {"pooling": nvembed_pooling_config(nv, state_dict, bcfg["hidden_size"])}
-    for key in ("attention", "query_template", "max_length"):  # written by nemo_nvembed.export; absent in releases
+    for key in ("attention", "query_template", "max_length", "pool_span"):  # written by nemo_nvembed.export; absent in releases
         if key in nv:
             out[key] = nv[key]
+    if "attention" not in nv:  # as NV-Embed-v2's client reads text_config.model_type
+        out["attention"] = "bidirectional" if str(nv["text_config"].get("model_type")).startswith("bidir_") else "causal"
+    if "pool_span" not in nv:  # a released NV-Embed-v2 folder: pool as its own client does
+        out["pool_span"] = "nvembed_v2"
+        print("note: pool_span=nvembed_v2 (the released client's pooled span: BOS pooled, the query prefix masked by "
+              "its token count); override with model.pool_span=exact")
     return out
 
 

@@ -11,7 +11,13 @@ Writes a ``.nemo`` as a Hugging Face folder in NV-Embed-v2's layout (the release
 - safetensors: ``embedding_model.<HF Mistral/Llama names>`` (LoRA merged: W + alpha/rank * B A)
   and ``latent_attention_model.<released head names>``; one file, or 5 GB shards + index.
 - the ``.nemo``'s tokenizer as an HF fast tokenizer (bos/eos/pad set, right padding), whose own
-  BOS behaviour is made to match the model's ``tokenizer.add_bos``.
+  BOS behaviour is made to match the model's ``tokenizer.add_bos``; ``tokenizer.json`` keeps BPE
+  merges as ``"a b"`` strings, which older tokenizers releases also parse.
+- for HF clients (``interop/hf_clients.py``): remote code (``modeling_nvembed.py`` ...) and
+  ``auto_map``, ``hidden_size``, ``mask_type``, ``pool_span``, ``text_config.model_type``
+  ``bidir_mistral``/``bidir_llama`` and ``text_config._name_or_path`` (``--name-or-path``), plus the
+  sentence-transformers files, so that ``AutoModel.from_pretrained(DIR, trust_remote_code=True)``
+  and ``SentenceTransformer(DIR, trust_remote_code=True)`` load it and equal our ``encode``.
 
 Pooling: only ``latent_attention`` has NV-Embed-v2's layout. ``mean`` and ``eos`` export the
 backbone alone with ``model_type: "nvembed_backbone"`` and no ``latent_attention_config`` (so
@@ -145,13 +151,19 @@ def _refuse_existing(out: str) -> None:
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
 
 
-def export_hf(model, out: str, dtype: torch.dtype = torch.float32) -> None:
-    """Write ``model`` (an ``NVEmbedModel``) to ``out`` in NV-Embed-v2's layout.
+def export_hf(model, out: str, dtype: torch.dtype = torch.float32, name_or_path: str | None = None) -> None:
+    """Write ``model`` (an ``NVEmbedModel``) to ``out`` in NV-Embed-v2's layout, loadable by HF clients.
 
     Every rank must call it (the weights are gathered over the TP group); global rank 0 writes.
+    ``name_or_path`` (``text_config._name_or_path``, where NV-Embed-v2's own client loads the
+    tokenizer from) defaults to the absolute path of ``out``; give the Hub id when uploading.
     """
+    from nemo_nvembed.interop import hf_clients
+    from nemo_nvembed.paths import CONF
+
     cfg = model.cfg
     config = nvembed_config(cfg, model.tokenizer, dtype)  # refuses unsupported pooling before the gather
+    hf_clients.client_config(config, cfg, name_or_path or os.path.abspath(out))
     _refuse_existing(out)
     full = model.full_state_dict()  # collective
     if distributed.is_global_rank_zero():
@@ -166,6 +178,7 @@ def export_hf(model, out: str, dtype: torch.dtype = torch.float32) -> None:
         hf_tokenizer(model.tokenizer, cfg.tokenizer, cfg.max_length).save_pretrained(partial)
         _patch_json(os.path.join(partial, "tokenizer_config.json"),
                     tokenizer_class="PreTrainedTokenizerFast")  # transformers 5 writes its own "TokenizersBackend"; 4.x knows only this
+        hf_clients.write_client_files(partial, config, cfg, CONF / "tasks.yaml")
         if os.path.isdir(out):
             os.rmdir(out)  # empty (checked above)
         os.replace(partial, out)
@@ -176,9 +189,9 @@ def export_hf(model, out: str, dtype: torch.dtype = torch.float32) -> None:
     distributed.barrier()
 
 
-def export_nemo(model_path: str, out: str, tp: int | None, dtype: str) -> None:
+def export_nemo(model_path: str, out: str, tp: int | None, dtype: str, name_or_path: str | None = None) -> None:
     """``python -m nemo_nvembed.export hf``: load `model_path` under `tp` (default: the number of processes), export."""
     from nemo_nvembed.models.nvembed import NVEmbedModel
 
     model = NVEmbedModel.load(model_path, tp=tp or distributed.read_env().world_size)
-    export_hf(model, out, DTYPES[dtype])
+    export_hf(model, out, DTYPES[dtype], name_or_path)

@@ -84,8 +84,8 @@ def load_source(src: str) -> HFSource:
         sd.update(load_file(f))
     if nvembed is None:
         return HFSource(config, sd, AutoTokenizer.from_pretrained(src), f"HF folder {src}")
-    try:
-        tok = AutoTokenizer.from_pretrained(src)
+    try:  # trust_remote_code=False: the folder's auto_map names its model code, never needed for the tokenizer (no prompt)
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
     except (ValueError, KeyError, OSError):  # no tokenizer_class: AutoTokenizer asks AutoConfig, which knows no "nvembed"
         from transformers import PreTrainedTokenizerFast
 

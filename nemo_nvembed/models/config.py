@@ -16,6 +16,7 @@ from nemo_nvembed.models.pooling import POOLINGS, pooling_type
 from nemo_nvembed.parallel import DEFAULT_SEED
 
 ATTENTION_TYPES = ("bidirectional", "causal")
+POOL_SPANS = ("exact", "nvembed_v2")  # models/text.py: which tokens are pooled
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 
 # Keys NeMo's ModelPT adds to a model config on its own; they are not ours to validate.
@@ -83,6 +84,7 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_length: int = 512
     query_template: str = "Instruct: {instruction}\nQuery: "
+    pool_span: str = "exact"  # exact | nvembed_v2 (the released NV-Embed-v2 client's convention); see models/text.py
     seed: int = DEFAULT_SEED
 
 
@@ -128,6 +130,8 @@ def _check_values(cfg: DictConfig, source: str) -> None:
         bad("recompute.granularity", f"{cfg.recompute.granularity!r} is not null, 'full' or 'selective'")
     if cfg.recompute.granularity == "full" and cfg.recompute.method not in ("uniform", "block"):
         bad("recompute.method", f"{cfg.recompute.method!r} is not 'uniform' or 'block'")
+    if cfg.pool_span not in POOL_SPANS:
+        bad("pool_span", f"{cfg.pool_span!r} is not one of {POOL_SPANS}")
     if "{instruction}" not in cfg.query_template:
         bad("query_template", "must contain '{instruction}'")
     b = cfg.backbone

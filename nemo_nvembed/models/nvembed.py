@@ -64,7 +64,7 @@ class NVEmbedModel(ModelPT):
         self.latent_attention_model = Pooler(c.pooling, c.backbone.hidden_size, self.backbone.config, tp)
         tok_file = self.register_artifact("tokenizer.file", c.tokenizer.file)
         self.tokenizer = load_tokenizer(c.tokenizer, tok_file)
-        self.text = TextEncoder(self.tokenizer, c.query_template, c.tokenizer.add_bos, c.max_length)
+        self.text = TextEncoder(self.tokenizer, c.query_template, c.tokenizer.add_bos, c.max_length, c.pool_span)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod

@@ -3,11 +3,22 @@
 A query with an instruction becomes ``Instruct: {instruction}\\nQuery: {text}``; documents get no
 prefix. EOS is appended to every text and batches are right-padded.
 
-What is pooled, precisely: the tokens that cover at least one character of the text itself, plus
-the appended EOS. BOS and the instruction prefix are attended to but not pooled. We decide this
-from the tokenizer's character offsets of the joint string (a token straddling the boundary, such
-as SentencePiece's "▁word" whose space belongs to the prefix, counts as text), rather than by
-counting the prefix's tokens separately, which can disagree with the joint tokenization.
+What is pooled (``pool_span``), precisely:
+
+- ``exact`` (ours): the tokens that cover at least one character of the text itself, plus the
+  appended EOS. BOS and the instruction prefix are attended to but not pooled. We decide this from
+  the tokenizer's character offsets of the joint string (a token straddling the boundary, such as
+  SentencePiece's "▁word" whose space belongs to the prefix, counts as text), rather than by
+  counting the prefix's tokens separately, which can disagree with the joint tokenization.
+- ``nvembed_v2``: the released NV-Embed-v2 client's ``encode``: every real token is pooled (BOS
+  included, so documents pool BOS) except the first ``N`` positions of a query, where ``N`` is the
+  number of tokens of the prefix tokenized alone, without special tokens
+  (``len(tokenizer.tokenize(prefix))``). With a BOS tokenizer those ``N`` positions are BOS and all
+  but the last prefix token (or all of the prefix when the joint tokenization merges across the
+  boundary differently). Imported NV-Embed-v2 checkpoints use it by default, so that our ``encode``
+  reproduces NVIDIA's numbers.
+
+Both keep EOS when a text is cut at ``max_length`` (the released client cuts after appending it).
 """
 from __future__ import annotations
 
@@ -40,8 +51,12 @@ def load_tokenizer(tokenizer_cfg, file: str) -> PreTrainedTokenizerFast:
 class TextEncoder:
     """Turns texts (+ optional instruction) into padded id/attention/pool-mask tensors."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, query_template: str, add_bos: bool, max_length: int):
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, query_template: str, add_bos: bool, max_length: int,
+                 pool_span: str):
+        if pool_span not in ("exact", "nvembed_v2"):
+            raise ValueError(f"pool_span {pool_span!r} is not 'exact' or 'nvembed_v2'")
         self.tok, self.template, self.add_bos, self.max_length = tokenizer, query_template, add_bos, max_length
+        self.pool_span = pool_span
 
     def prefix(self, instruction: str | None) -> str:
         return "" if not instruction else self.template.format(instruction=instruction)
@@ -61,7 +76,11 @@ class TextEncoder:
         ids, pool = ids[:budget], pool[:budget]
         if self.add_bos:
             ids, pool = [self.tok.bos_token_id] + ids, [0] + pool
-        return ids + [self.tok.eos_token_id], pool + [1], truncated
+        ids, pool = ids + [self.tok.eos_token_id], pool + [1]
+        if self.pool_span == "nvembed_v2":  # the released client: mask len(tokenize(prefix)) leading positions
+            n_masked = len(self.tok(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
+            pool = [int(i >= n_masked) for i in range(len(ids))]
+        return ids, pool, truncated
 
     def __call__(self, texts: list[str], instruction: str | list[str | None] | None = None,
                  max_length: int | None = None) -> Batch:

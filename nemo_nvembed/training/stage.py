@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nemo_nvembed.models.config import ConfigError
 from nemo_nvembed.training.config import validate_stage_config
 
-ARCH_KEYS = ("backbone", "attention", "pooling", "lora", "max_length", "query_template", "tokenizer")
+ARCH_KEYS = ("backbone", "attention", "pooling", "lora", "max_length", "query_template", "pool_span", "tokenizer")
 
 
 def _diff(a, b, prefix=""):
@@ -33,6 +33,7 @@ def check_architecture(saved, wanted, init_from: str) -> None:
     """The stage config's model section must describe the model in ``init_from`` (the YAML is what ran)."""
     s = OmegaConf.to_container(saved, resolve=True)
     w = OmegaConf.to_container(wanted, resolve=True)
+    s.setdefault("pool_span", "exact")  # a .nemo saved before pool_span existed pooled exactly so
     for d in (s, w):
         d.get("tokenizer", {}).pop("file", None)
     diffs = [x for k in ARCH_KEYS for x in _diff(s.get(k), w.get(k), f"{k}.")]
