@@ -126,7 +126,7 @@ def _brute_force_cost(desc, size, cost, max_tokens):
 
 @pytest.mark.parametrize("size,cost,max_tokens", [(3, 0, 0), (4, 5, 0), (4, 20, 0), (8, 64, 0), (5, 10, 40)])
 def test_chunk_planner_is_optimal_and_complete(size, cost, max_tokens):
-    from nemo_nvembed.training.objective import chunking
+    from nemo_nvembed.training import chunking
 
     g = torch.Generator().manual_seed(size * 100 + cost)
     for _ in range(20):
