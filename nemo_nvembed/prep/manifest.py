@@ -76,8 +76,8 @@ class Manifest:
     num_negatives: int = MISSING
     seed: int = MISSING
     mining: MiningSpec = field(default_factory=MiningSpec)
-    stage1: List[SetSpec] = MISSING
-    stage2: List[SetSpec] = MISSING
+    stage1: List[Any] = MISSING  # each entry validated against SetSpec in load_manifest (errors name it)
+    stage2: List[Any] = MISSING
 
 
 def load_manifest(path: str | Path, registry: TaskRegistry):
@@ -100,13 +100,24 @@ def load_manifest(path: str | Path, registry: TaskRegistry):
     if m.num_negatives < 1 or m.mining.top_k < 1 or not 0 < m.mining.perc_pos <= 1:
         raise ManifestError(f"{path}: need num_negatives >= 1, mining.top_k >= 1, 0 < mining.perc_pos <= 1")
     for stage in ("stage1", "stage2"):
-        names = set()
-        for i, s in enumerate(m[stage]):
-            where = f"{path}: {stage}[{i}] ({s.name})"
+        names, sets = set(), []
+        for i, raw_set in enumerate(m[stage]):
+            name = raw_set.get("name", "?") if hasattr(raw_set, "get") else "?"
+            where = f"{path}: {stage}[{i}] ({name})"
+            try:
+                s = OmegaConf.merge(OmegaConf.structured(SetSpec), raw_set)
+            except OmegaConfBaseException as e:
+                key = getattr(e, "full_key", None) or "<entry>"
+                raise ManifestError(f"{where}.{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from None
+            missing = sorted(OmegaConf.missing_keys(s))
+            if missing:
+                raise ManifestError(f"{where}: required key(s) not set: {', '.join(missing)}")
+            sets.append(s)
             if s.name in names:
                 raise ManifestError(f"{where}: name {s.name!r} used twice in {stage}")
             names.add(s.name)
             _check_set(s, where, registry)
+        m[stage] = sets
     return m
 
 
