@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
                 return scores[task_name]
             return sum(scores.values()) / len(scores)  # an aggregate task reported by its parts: their mean
 
-        run_suite(selected, evaluate_one, args.out, progress=rank0)
+        run_suite(selected, evaluate_one, args.out, progress=rank0, write=rank0)
     if not rank0:
         return {}
     t = table(read_results(args.out), tasks)

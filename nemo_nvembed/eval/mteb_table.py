@@ -35,21 +35,24 @@ def paper_tasks() -> list[tuple[str, str]]:
 
 
 def run_suite(tasks: Iterable[tuple[str, str]], evaluate_one: Callable[[str], float], out: str | Path,
-              progress: bool = True) -> list[str]:
+              progress: bool = True, write: bool = True) -> list[str]:
     """Evaluate every task without a result in OUT/tasks; -> the names evaluated by this call.
 
-    `evaluate_one(name)` returns the task's main score (mteb's scale, 0-1)."""
+    `evaluate_one(name)` returns the task's main score (mteb's scale, 0-1). The tasks to do are
+    decided once, before the first evaluation, so that every tensor-parallel rank runs the same
+    list; only the rank with `write` writes results."""
     from tqdm.auto import tqdm
 
     folder = Path(out) / "tasks"
     folder.mkdir(parents=True, exist_ok=True)
+    todo = [(name, kind) for name, kind in tasks if not (folder / f"{name}.json").exists()]
     done = []
-    tasks = list(tasks)
-    for name, kind in tqdm(tasks, desc="MTEB tasks", unit="task", disable=not progress):
+    for name, kind in tqdm(todo, desc="MTEB tasks", unit="task", disable=not progress):
         path = folder / f"{name}.json"
-        if path.exists():
-            continue
         score = float(evaluate_one(name))
+        if not write:
+            done.append(name)
+            continue
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"task": name, "type": kind, "main_score": score}))
         os.replace(tmp, path)
