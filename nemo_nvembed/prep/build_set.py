@@ -5,7 +5,8 @@ Per kind (NV-Embed section 4.2):
 * retrieval: (query, positive) pairs, from one table (``fields.query``/``fields.pos``) or a
   BEIR/MTEB layout (corpus, queries, qrels with score > 0). Subsampled to ``samples`` pairs
   (uniformly), then hard negatives are mined by the teacher over the set's documents (the
-  corpus, or every positive of the table) with nemo_nvembed/mine.py's TopK-PercPos rules;
+  corpus, or the positives of at most ``mining.pool_rows`` rows of the table) with
+  nemo_nvembed/mine.py's TopK-PercPos rules;
 * classification / clustering: q+ = text, d+ = label text (``label_texts`` maps label values to
   texts, e.g. AmazonReviews' star index), negatives = up to ``num_negatives`` other labels.
   A multi-valued label column (``label_sep``: arXiv ``categories``) gives one example per
@@ -95,7 +96,7 @@ def _retrieval(s, k, mining, teachers, registry, source_dir, rng, report, progre
     if s.beir is not None:
         data = _beir_set(s, source_dir, report)
     else:
-        data = _pair_set(s, source_dir, report)
+        data = _pair_set(s, source_dir, report, mining.pool_rows, rng)
     pairs = [(q, d) for q, docs in data.qrels.items() for d in docs]
     report.converted = len(pairs)
     kept = subsample.uniform(pairs, s.samples, rng)
@@ -116,9 +117,14 @@ def _retrieval(s, k, mining, teachers, registry, source_dir, rng, report, progre
     return list(to_rows(mined, sub, s.task))
 
 
-def _pair_set(s, source_dir, report) -> RetrievalSet:
+def _pair_set(s, source_dir, report, pool_rows: int, rng) -> RetrievalSet:
+    """Pairs of one table; the documents mined from are the positives of at most `pool_rows` rows
+    (uniform; PAQ has 65M rows), of which `samples` pairs are then kept."""
     table = load_table(s.hf_id, s.config, s.split, source_dir)
     report.rows_read = len(table)
+    if len(table) > pool_rows:
+        table = table.select(sorted(rng.sample(range(len(table)), pool_rows)))
+        report.filtered[f"rows outside the mining pool (mining.pool_rows {pool_rows})"] += report.rows_read - pool_rows
     qs = _texts(table, "query", s.fields.query, s.hf_id)
     ps = _texts(table, "pos", s.fields.pos, s.hf_id)
     doc_of, docs, query_of, queries = {}, [], {}, []

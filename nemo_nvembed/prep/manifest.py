@@ -69,6 +69,7 @@ class SetSpec:
 class MiningSpec:
     top_k: int = MISSING
     perc_pos: float = MISSING
+    pool_rows: int = MISSING  # pair tables: rows whose positives form the mining corpus
 
 
 @dataclass
@@ -97,8 +98,9 @@ def load_manifest(path: str | Path, registry: TaskRegistry):
     missing = sorted(OmegaConf.missing_keys(m))
     if missing:
         raise ManifestError(f"{path}: required key(s) not set: {', '.join(missing)}")
-    if m.num_negatives < 1 or m.mining.top_k < 1 or not 0 < m.mining.perc_pos <= 1:
-        raise ManifestError(f"{path}: need num_negatives >= 1, mining.top_k >= 1, 0 < mining.perc_pos <= 1")
+    if m.num_negatives < 1 or m.mining.top_k < 1 or not 0 < m.mining.perc_pos <= 1 or m.mining.pool_rows < 1:
+        raise ManifestError(f"{path}: need num_negatives >= 1, mining.top_k >= 1, 0 < mining.perc_pos <= 1, "
+                            "mining.pool_rows >= 1")
     for stage in ("stage1", "stage2"):
         names, sets = set(), []
         for i, raw_set in enumerate(m[stage]):
