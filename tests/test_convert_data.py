@@ -188,9 +188,10 @@ def test_clear_errors(tmp_path):
     with pytest.raises(SystemExit, match=r"d\.csv:line 4: column 'sentence': empty text"):
         cd.main(["classification", "--input", str(src), "--text-col", "sentence", "--label-col", "label", *base])
     ok = write_csv(tmp_path / "e.csv", ["sentence", "label"], [["a text", "x"], ["another", "y"], ["more", "z"]])
-    with pytest.raises(SystemExit, match=r"3 distinct label\(s\) left .* needs 1 positive \+ 7 negative labels = 8 "
-                                         r"distinct labels; lower --num-negatives to 2"):
-        cd.main(["classification", "--input", str(ok), "--text-col", "sentence", "--label-col", "label", *base])
+    one = write_csv(tmp_path / "f.csv", ["sentence", "label"], [["a text", "x"], ["another", "x"]])
+    with pytest.raises(SystemExit, match=r"1 distinct label\(s\) left \('x'\), but each example needs 1 positive "
+                                         r"and at least 1 other label"):
+        cd.main(["classification", "--input", str(one), "--text-col", "sentence", "--label-col", "label", *base])
     with pytest.raises(SystemExit, match="is of kind 'clustering'"):
         cd.main(["classification", "--input", str(ok), "--text-col", "sentence", "--label-col", "label",
                  "--task", "PyDocClustering", "--out", str(tmp_path / "o.jsonl")])

@@ -13,10 +13,19 @@ optional document ids: given together or not at all, and for every line of a fil
 Nothing is dropped silently. A bad line raises `DataError` naming file, line and field; with
 `on_error="collect"` all bad lines are gathered into one `DataError` (there is no skip mode).
 Blank lines are skipped and counted in the summary. Examples with more hard negatives than
-`num_negatives` keep the first `num_negatives` (counted); fewer is an error unless
-`allow_negative_resampling`, which fills the gap by drawing with replacement from the example's
-own negatives, deterministically from (seed, line number) (counted). NV-Embed uses 7 hard
-negatives per query (Table 5).
+`num_negatives` keep the first `num_negatives` (counted). NV-Embed uses 7 hard negatives per
+query (Table 5); fewer is handled so that every batch keeps one shape [b, 1 + k]:
+
+* classification and clustering tasks (kind in the registry): the negatives are the OTHER LABELS
+  (section 4.2), so a set with m + 1 < k + 1 labels (AmazonCounterfactual, IMDB, Toxic..., m = 1
+  or 2) can only have m. Such examples are padded by repeating their negatives in order (counted
+  as padded). The loss masks every negative that repeats an earlier one of the same query
+  (nemo_nvembed/training/loss.py), so the example is trained on exactly its m distinct
+  negatives: a softmax over [pos, m labels], never a label counted several times;
+* other kinds: fewer is an error (it usually means a mining or conversion problem) unless
+  `allow_negative_resampling`, which fills the gap by drawing with replacement from the
+  example's own negatives, deterministically from (seed, line number) (counted). The repeats
+  are masked by the loss in the same way.
 """
 
 from __future__ import annotations
@@ -87,6 +96,8 @@ class LoadSummary:
     negatives_dropped: int = 0
     examples_resampled: int = 0  # examples that had fewer than num_negatives
     negatives_resampled: int = 0  # draws with replacement
+    examples_padded: int = 0  # label-set examples (classification/clustering) with fewer negatives
+    negatives_padded: int = 0  # repeated slots, masked by the loss
     max_length: Optional[int] = None
     over_max_length: Dict[str, int] = field(default_factory=lambda: {f: 0 for f in TEXT_FIELDS})
 
@@ -101,6 +112,8 @@ class LoadSummary:
             f"{self.negatives_dropped} negatives dropped",
             f"  resampled negatives        {self.examples_resampled} examples, "
             f"{self.negatives_resampled} draws with replacement",
+            f"  padded label negatives     {self.examples_padded} examples, "
+            f"{self.negatives_padded} repeated slots (masked by the loss)",
         ]
         if self.max_length is not None:
             over = ", ".join(f"{k} {v}" for k, v in self.over_max_length.items())
@@ -197,7 +210,7 @@ def load_examples(
             if not text.strip():
                 summary.blank_lines += 1
                 continue
-            ex, truncated, draws, uses_ids = _parse_line(
+            ex, truncated, draws, padded, uses_ids = _parse_line(
                 path, line, text, registry, num_negatives, allow_negative_resampling, seed
             )
             if has_ids is None:
@@ -221,13 +234,16 @@ def load_examples(
         if truncated:
             summary.examples_truncated_negatives += 1
             summary.negatives_dropped += truncated
+        if padded:
+            summary.examples_padded += 1
+            summary.negatives_padded += padded
         if draws:
             summary.examples_resampled += 1
             summary.negatives_resampled += draws
         if count_tokens is not None:
             summary.over_max_length["query"] += count_tokens(ex.query) > max_length
             summary.over_max_length["pos"] += count_tokens(ex.pos) > max_length
-            originals = ex.neg[: num_negatives - draws]
+            originals = ex.neg[: num_negatives - draws - padded]
             summary.over_max_length["neg"] += sum(count_tokens(n) > max_length for n in originals)
 
     if errors:
@@ -244,7 +260,7 @@ def load_examples(
 
 
 def _parse_line(path, line, text, registry, num_negatives, allow_resampling, seed):
-    """One line -> (Example, negatives dropped, resampling draws, uses ids). Raises DataError."""
+    """One line -> (Example, negatives dropped, resampling draws, padded slots, uses ids). Raises DataError."""
     try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except ValueError as e:  # json.JSONDecodeError is a ValueError; so is a duplicate key
@@ -295,7 +311,13 @@ def _parse_line(path, line, text, registry, num_negatives, allow_resampling, see
 
     if not neg:
         raise _line_error(path, line, "neg", "no hard negatives (at least 1 is required)")
-    truncated, draws = 0, 0
+    truncated, draws, padded = 0, 0, 0
+    label_set = registry[task].kind in ("classification", "clustering")
+    if len(neg) < num_negatives and label_set:
+        padded = num_negatives - len(neg)
+        picks = [j % len(neg) for j in range(padded)]
+        neg = neg + [neg[j] for j in picks]
+        neg_ids = neg_ids + [neg_ids[j] for j in picks] if neg_ids is not None else None
     if len(neg) > num_negatives:
         truncated = len(neg) - num_negatives
         neg = neg[:num_negatives]
@@ -317,4 +339,4 @@ def _parse_line(path, line, text, registry, num_negatives, allow_resampling, see
         task=task, query=query, pos=pos, neg=tuple(neg), pos_id=pos_id,
         neg_ids=tuple(neg_ids) if neg_ids is not None else None, line=line,
     )
-    return example, truncated, draws, uses_ids
+    return example, truncated, draws, padded, uses_ids

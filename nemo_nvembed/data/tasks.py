@@ -154,6 +154,23 @@ class TaskRegistry:
     def names(self) -> List[str]:
         return list(self._tasks)
 
+    def with_weights(self, weights: Mapping[str, float], source: str) -> "TaskRegistry":
+        """A copy whose listed tasks get new sampling weights (`source` names the override, for errors).
+
+        Used by the trainer for `train.data.weights_from: examples` and `train.data.task_weights`.
+        """
+        tasks = dict(self._tasks)
+        for name, w in weights.items():
+            if name not in tasks:
+                raise TaskConfigError(f"{source}: unknown task {name!r} (not in {self.source})."
+                                      f"{_did_you_mean(name, self.names)}")
+            w = float(w)
+            if not (math.isfinite(w) and w > 0):
+                raise TaskConfigError(f"{source}.{name}: weight must be finite and > 0, got {w}")
+            t = tasks[name]
+            tasks[name] = Task(t.name, t.kind, w, t.in_batch_negatives, t.train_instruction, t.eval_instruction)
+        return TaskRegistry(tasks, self.source)
+
     def suggest(self, name: str) -> List[str]:
         """Registered names close to `name` (for callers building their own messages)."""
         return close_matches(name, self.names)

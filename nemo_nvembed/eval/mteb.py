@@ -43,7 +43,8 @@ RETRIEVAL_TYPES = frozenset({"Retrieval", "Reranking", "InstructionRetrieval", "
 def registry_name(task_name: str, registry: TaskRegistry) -> str | None:
     """The registry entry for an MTEB task name: exact, else without ``.vN`` / ``HardNegatives`` / ``Retrieval``."""
     base = re.sub(r"\.v\d+$", "", task_name)
-    for name in (task_name, base, base.removesuffix("HardNegatives"), base.removesuffix("Retrieval")):
+    forum = ["CQADupstack"] if base.startswith("CQADupstack") else []  # its 12 forums share one instruction
+    for name in (task_name, base, base.removesuffix("HardNegatives"), base.removesuffix("Retrieval"), *forum):
         if name in registry:
             return name
     return None

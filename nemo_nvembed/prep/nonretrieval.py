@@ -4,6 +4,9 @@
 
 * ``classification``: q+ = the text, d+ = its label text, negatives = other label texts (drawn at
   random, seeded). Stratified subsampling over labels: at most ``--max-per-label`` examples each.
+  A set with fewer than ``--num-negatives`` + 1 labels gives every other label as the negatives
+  (1 for a binary set); the loader pads such label-set examples and the loss masks the padding
+  (nemo_nvembed/data/jsonl.py), so binary sets enter stage 2 as they are.
 * ``clustering``: the same construction with q+ = a title (S2S) or an abstract (P2P) column and
   d+ = its category.
 * ``sts``: every pair scored >= ``--min-score`` (4) gives two examples, a -> b and b -> a. Hard
@@ -85,12 +88,12 @@ def label_examples(rows: list[LabelRow], task: str, num_negatives: int, max_per_
     for r in rows:
         groups[r.label].append(r)
     labels = sorted(groups)
-    if len(labels) < num_negatives + 1:
-        shown = ", ".join(repr(x) for x in labels[:20])
-        hint = f"; lower --num-negatives to {len(labels) - 1}" if len(labels) >= 2 else ""
+    if len(labels) < 2:
+        shown = ", ".join(repr(x) for x in labels)
         raise ConvertError(
             f"{source}: column {label_col!r}: {len(labels)} distinct label(s) left ({shown}), but each example "
-            f"needs 1 positive + {num_negatives} negative labels = {num_negatives + 1} distinct labels{hint}")
+            f"needs 1 positive and at least 1 other label as its negative")
+    k = min(num_negatives, len(labels) - 1)  # every other label when there are fewer (see the docstring)
     out, counts = [], {}
     for label in labels:
         chosen = groups[label]
@@ -100,7 +103,7 @@ def label_examples(rows: list[LabelRow], task: str, num_negatives: int, max_per_
         counts[label] = (len(groups[label]), len(chosen))
         others = [x for x in labels if x != label]
         for r in chosen:
-            negs = rng.sample(others, num_negatives)
+            negs = rng.sample(others, k)
             out.append({"task": task, "query": r.text, "pos": label, "neg": negs,
                         "pos_id": label_id(label), "neg_ids": [label_id(x) for x in negs]})
     return out, counts

@@ -12,7 +12,7 @@ config in the run directory records them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -27,6 +27,8 @@ class DataConfig:
     tasks: str = MISSING  # task registry YAML (conf/tasks.yaml)
     num_negatives: int = 7  # hard negatives per query (paper: 7)
     allow_negative_resampling: bool = False  # fewer negatives than asked: error (default) or resample, counted
+    weights_from: str = "registry"  # registry: tasks.yaml weights (Table 6 counts); examples: examples present per task
+    task_weights: Dict[str, float] = field(default_factory=dict)  # per-task overrides, applied last
     sampling: str = "blend"  # blend: every batch mixes tasks by weight (paper, stage 2); homogeneous: one task per batch
     global_batch_size: int = 128  # queries per optimizer step over all DP ranks (paper: 128)
     query_max_length: int = 512
@@ -88,6 +90,8 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
         raise ConfigError(f"{source}: required values are missing: {', '.join('train.' + m for m in missing)}")
     if merged.data.sampling not in ("blend", "homogeneous"):
         raise ConfigError(f"{source}: train.data.sampling: {merged.data.sampling!r} is not 'blend' or 'homogeneous'")
+    if merged.data.weights_from not in ("registry", "examples"):
+        raise ConfigError(f"{source}: train.data.weights_from: {merged.data.weights_from!r} is not 'registry' or 'examples'")
     if merged.nonfinite_loss not in ("error", "skip"):
         raise ConfigError(f"{source}: train.nonfinite_loss: {merged.nonfinite_loss!r} is not 'error' or 'skip'")
     if merged.loss.temperature <= 0:

@@ -40,6 +40,14 @@ def key_hashes(keys: Sequence[str], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64, device=device)
 
 
+def repeated_slots(neg_hashes: torch.Tensor) -> torch.Tensor:
+    """[n, k] bool: slot j repeats the key of an earlier slot of the same row (padding)."""
+    k = neg_hashes.shape[1]
+    same = neg_hashes[:, :, None] == neg_hashes[:, None, :]  # [n, k, k]: slot j vs slot j'
+    earlier = torch.ones(k, k, dtype=torch.bool, device=neg_hashes.device).tril(-1)  # [k, k]: j' < j
+    return (same & earlier).any(-1)  # [n, k]
+
+
 def _world(group) -> tuple[int, int]:
     if group is None or not dist.is_available() or not dist.is_initialized():
         return 0, 1
@@ -68,7 +76,10 @@ def contrastive_loss(
       pos_keys [b], neg_keys [b][k]: identity of each passage (document id when the data has
         ids, else the text). A gathered candidate whose key equals query i's positive key is
         masked (-inf): a duplicate of the positive must not act as a negative
-        (sentence-transformers issue 3189). Query i's own hard negatives are never masked.
+        (sentence-transformers issue 3189). A hard negative whose key repeats an EARLIER negative
+        of the same query is padding (few-label tasks, resampled negatives: see
+        nemo_nvembed/data/jsonl.py) and is masked everywhere it appears, so a query with k slots
+        but m < k distinct negatives is scored exactly as if it had those m negatives only.
       group: the data-parallel process group; None or size 1 means one process.
 
     Candidates of query i (global index g = rank * b + i), in logit order:
@@ -104,6 +115,8 @@ def contrastive_loss(
 
     own_pos = (qn * pn).sum(-1, keepdim=True)  # [b, 1]
     own_neg = torch.einsum("bd,bkd->bk", qn, nn_)  # [b, k]
+    neg_h = key_hashes([key for nk in neg_keys for key in nk], device)  # [b*k]
+    own_neg = own_neg.masked_fill(repeated_slots(neg_h.view(b, k)), float("-inf"))  # padding slots out
     logits = [own_pos, own_neg]
     num_masked = torch.zeros((), dtype=torch.long, device=device)
 
@@ -113,7 +126,6 @@ def contrastive_loss(
         use_in_batch = bool(flag.item())
     if use_in_batch:
         pos_h = key_hashes(pos_keys, device)  # [b]
-        neg_h = key_hashes([key for nk in neg_keys for key in nk], device)  # [b*k]
         if world > 1:
             all_pn = torch.cat(differentiable_all_gather(pn, group=group), dim=0)  # [G, d]
             all_nn = torch.cat(differentiable_all_gather(nn_, group=group), dim=0)  # [G, k, d]
@@ -136,7 +148,9 @@ def contrastive_loss(
         own_rows = cand_owner[None, :] == my_global[:, None]  # [b, G + G*k]
         duplicate = (cand_key[None, :] == pos_h[:, None]) & ~own_rows  # [b, G + G*k]
         num_masked = (duplicate & in_batch[:, None]).sum()
-        mask = own_rows | duplicate | ~in_batch[:, None]  # [b, G + G*k]
+        padding = torch.cat([torch.zeros(G, dtype=torch.bool, device=device),
+                             repeated_slots(all_neg_h.view(G, k)).reshape(G * k)])  # [G + G*k]
+        mask = own_rows | duplicate | padding[None, :] | ~in_batch[:, None]  # [b, G + G*k]
         logits.append(gathered.masked_fill(mask, float("-inf")))
 
     logits = torch.cat(logits, dim=1) / temperature  # [b, 1 + k (+ G + G*k)]

@@ -51,6 +51,7 @@ def run(cfg: DictConfig) -> Path | None:
     from nemo_nvembed.data.jsonl import load_examples
     from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.data.weights import sampling_registry
     from nemo_nvembed.models.nvembed import NVEmbedModel
     from nemo_nvembed.parallel import distributed
     from nemo_nvembed.training.callbacks import RetrievalValidation
@@ -89,6 +90,7 @@ def run(cfg: DictConfig) -> Path | None:
     )
     if rank0:
         print(loaded.summary.format(), flush=True)
+    registry = sampling_registry(registry, loaded.summary.examples_per_task, tcfg.data)
     sampler = GlobalBatchSampler([e.task for e in loaded.examples], registry, tcfg.data.global_batch_size,
                                  distributed.dp_rank(), distributed.dp_size(), tcfg.data.seed, tcfg.data.sampling)
 

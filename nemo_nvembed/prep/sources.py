@@ -1,0 +1,62 @@
+"""Reading a manifest set's source table with `datasets`, from the Hub or from local copies.
+
+Hub: ``load_dataset(hf_id, config, split=split)``. Local (``--source-dir DIR``): the files of
+``DIR/<hf_id>[/<config>]`` whose name starts with the split (``train.jsonl``,
+``train-00000-of-00001.parquet``, also under ``data/``) go through the same ``load_dataset`` call
+with the matching packaged builder (json, parquet or csv) and ``data_files={split: files}``; so a
+local copy is read exactly as the Hub copy, column types included. Tests write fixtures in each
+source's schema and read them this way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+
+
+class SourceError(ValueError):
+    """A source that cannot be read; the message names the dataset, split and column."""
+
+
+def local_files(source_dir: str | Path, hf_id: str, config: Optional[str], split: str) -> tuple[str, list[str]]:
+    """(builder, files) of a local copy; SourceError naming what was looked for when there is none."""
+    folder = Path(source_dir) / hf_id / (config or "")
+    if not folder.is_dir():
+        raise SourceError(f"{hf_id} ({config or 'no config'}): no local copy at {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in BUILDERS
+                   and (p.stem == split or p.stem.startswith(split + "-")))
+    if not files:
+        raise SourceError(f"{hf_id} ({config or 'no config'}): no file for split {split!r} in {folder} "
+                          f"(expected {split}.jsonl, {split}.parquet, {split}-*.parquet, ...)")
+    kinds = {BUILDERS[p.suffix] for p in files}
+    if len(kinds) > 1:
+        raise SourceError(f"{folder}: split {split!r} mixes file formats ({', '.join(sorted(kinds))})")
+    return kinds.pop(), [str(p) for p in files]
+
+
+def load_table(hf_id: str, config: Optional[str], split: str, source_dir: str | Path | None = None):
+    """A `datasets.Dataset` for one split of one source (rules in the module docstring)."""
+    import datasets
+
+    if source_dir is None:
+        try:
+            return datasets.load_dataset(hf_id, config, split=split)
+        except Exception as e:  # network, unknown id/config/split: one line naming the set
+            raise SourceError(f"{hf_id} ({config or 'no config'}), split {split!r}: {type(e).__name__}: {e}") from None
+    builder, files = local_files(source_dir, hf_id, config, split)
+    kw = {"delimiter": "\t"} if files[0].endswith(".tsv") else {}
+    return datasets.load_dataset(builder, data_files={split: files}, split=split, **kw)
+
+
+def column_values(table, name: str, spec: Any, hf_id: str) -> Iterator:
+    """Values of one role: a column, or a list of text columns joined with a space (P2P texts)."""
+    cols = [spec] if isinstance(spec, str) else list(spec)
+    for c in cols:
+        if c not in table.column_names:
+            raise SourceError(f"{hf_id}: fields.{name}: no column {c!r} (columns: {', '.join(table.column_names)})")
+    if len(cols) == 1:
+        yield from table[cols[0]]
+        return
+    for parts in zip(*(table[c] for c in cols)):
+        yield " ".join(str(p).strip() for p in parts if p is not None and str(p).strip())

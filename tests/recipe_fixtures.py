@@ -1,0 +1,131 @@
+"""Offline fixtures for the recipe manifest: a few rows per source, in each source's own schema.
+
+`write_sources(DIR)` writes DIR/<hf_id>[/<config>]/<split>.jsonl exactly where
+`nemo_nvembed.prep.sources.load_table(..., source_dir=DIR)` looks, with the column names and
+types of the public datasets (MTEB's BEIR layout, MTEB classification sets with text/label/
+label_text, raw arXiv metadata with a space-separated `categories`, SQuAD's nested `answers`...).
+Texts are drawn from a small vocabulary so that BM25 finds neighbours (hard negatives).
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+COMMON = "report study result method value system model data process group sample measure".split()  # no stopwords: BM25 drops those
+TOPICS = [f"alpha beta gamma delta epsilon zeta eta theta".split(),
+          f"river mountain forest valley ocean desert island lake".split(),
+          f"engine wheel brake gear piston valve clutch axle".split(),
+          f"protein cell gene enzyme virus tissue neuron membrane".split(),
+          f"market stock bond price trade fund share bank".split()]
+
+
+def _sentence(rng: random.Random, topic: int, n: int = 8) -> str:
+    words = rng.sample(TOPICS[topic % len(TOPICS)], 4) + rng.sample(TOPICS[(topic + 1) % len(TOPICS)], 1)
+    words += rng.sample(COMMON, n - len(words))
+    rng.shuffle(words)
+    return " ".join(words) + f" {rng.randrange(10**6)}"
+
+
+def _write(root: Path, hf_id: str, config: str | None, split: str, rows: list[dict]) -> None:
+    folder = root / hf_id / (config or "")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _beir(root, hf_id, rng, n_docs=24, n_queries=10):
+    docs = [{"_id": f"doc{i}", "title": f"title {i % 5}", "text": _sentence(rng, i)} for i in range(n_docs)]
+    queries = [{"_id": f"q{i}", "text": " ".join(docs[i]["text"].split()[:4])} for i in range(n_queries)]
+    qrels = [{"query-id": f"q{i}", "corpus-id": f"doc{i}", "score": 1} for i in range(n_queries)]
+    qrels.append({"query-id": "q0", "corpus-id": "doc9", "score": 0})  # judged non-relevant
+    _write(root, hf_id, "corpus", "corpus", docs)
+    _write(root, hf_id, "queries", "queries", queries)
+    _write(root, hf_id, "default", "train", qrels)
+
+
+def _pairs(rng, n=14):
+    out = []
+    for i in range(n):
+        pos = _sentence(rng, i, 10)
+        out.append((" ".join(pos.split()[:4]) + "?", pos))
+    return out
+
+
+def _labelled(rng, labels, n_per_label=4):
+    rows = []
+    for j, lab in enumerate(labels):
+        for i in range(n_per_label):
+            rows.append({"text": _sentence(rng, j), "label": j, "label_text": lab})
+    return rows
+
+
+def _sts(rng, n=14):
+    rows = []
+    for i in range(n):
+        a = _sentence(rng, i)
+        b = " ".join(a.split()[:6]) + " " + _sentence(rng, i + 2, 5) if i % 3 else _sentence(rng, i + 1)
+        rows.append({"sentence1": a, "sentence2": b, "score": 4.6 if i % 3 else 1.2})
+    return rows
+
+
+def write_sources(root: str | Path, seed: int = 0) -> Path:
+    root, rng = Path(root), random.Random(seed)
+    for hf_id in ("mteb/msmarco", "mteb/hotpotqa", "mteb/fever", "mteb/fiqa"):
+        _beir(root, hf_id, rng)
+    _write(root, "sentence-transformers/natural-questions", None, "train",
+           [{"query": q, "answer": p} for q, p in _pairs(rng)])
+    _write(root, "rajpurkar/squad", None, "train",
+           [{"id": f"s{i}", "title": "T", "context": p, "question": q,
+             "answers": {"text": [p.split()[0]], "answer_start": [0]}} for i, (q, p) in enumerate(_pairs(rng))])
+    _write(root, "sentence-transformers/stackexchange-duplicates", "post-post", "train",
+           [{"post1": q + " " + p.split()[-2], "post2": p} for q, p in _pairs(rng)])
+    _write(root, "sentence-transformers/all-nli", "pair", "train",
+           [{"anchor": q, "positive": p} for q, p in _pairs(rng)])
+    _write(root, "sentence-transformers/paq", None, "train", [{"query": q, "answer": p} for q, p in _pairs(rng)])
+
+    _write(root, "mteb/sts12-sts", None, "train", _sts(rng))
+    _write(root, "mteb/sts22-crosslingual-sts", "en", "train",
+           [{"id": f"x{i}", "lang": "en", **r} for i, r in enumerate(_sts(rng))])
+    _write(root, "mteb/stsbenchmark-sts", None, "train",
+           [{"split": "train", "genre": "main-news", "dataset": "MSRvid", "year": "2012", "sid": i, **r}
+            for i, r in enumerate(_sts(rng))])
+
+    cf = _labelled(rng, ["not-counterfactual", "counterfactual"])
+    _write(root, "mteb/amazon_counterfactual", "en", "train", cf)
+    _write(root, "mteb/amazon_counterfactual", "en", "test",  # one exact copy of a training text
+           [{"text": cf[0]["text"], "label": 0, "label_text": "not-counterfactual"},
+            {"text": "completely unrelated words here", "label": 1, "label_text": "counterfactual"}])
+    _write(root, "mteb/amazon_polarity", None, "train",
+           [{"label": r["label"], "title": "t", "text": r["text"], "label_text": r["label_text"]}
+            for r in _labelled(rng, ["negative", "positive"])])
+    _write(root, "mteb/imdb", None, "train", _labelled(rng, ["neg", "pos"]))
+    _write(root, "mteb/toxic_conversations_50k", None, "train", _labelled(rng, ["not toxic", "toxic"]))
+    _write(root, "mteb/tweet_sentiment_extraction", None, "train",
+           [{"id": str(i), **r} for i, r in enumerate(_labelled(rng, ["negative", "neutral", "positive"]))])
+    emo = _labelled(rng, ["sadness", "joy", "love", "anger", "fear", "surprise"], 3)
+    _write(root, "mteb/emotion", None, "train", emo)
+    _write(root, "mteb/emotion", None, "test", [dict(emo[4])])
+    _write(root, "mteb/amazon_reviews_multi", "en", "train",
+           [{"id": f"en_{i}", "text": r["text"], "label": r["label"], "label_text": str(r["label"])}
+            for i, r in enumerate(_labelled(rng, ["0", "1", "2", "3", "4"], 3))])
+    _write(root, "mteb/mtop_intent", "en", "train",
+           [{"id": i, **r} for i, r in enumerate(_labelled(rng, [f"IN:INTENT_{j}" for j in range(9)], 2))])
+    _write(root, "mteb/banking77", None, "train", _labelled(rng, [f"intent_{j}" for j in range(10)], 2))
+
+    cats = ["cs.CL cs.LG", "cs.CL", "hep-ph", "math.CO math.PR", "cs.LG stat.ML", "q-bio.NC", "astro-ph.GA",
+            "cs.CV cs.LG", "hep-th", "math.PR"]
+    _write(root, "mteb/raw_arxiv", None, "train",
+           [{"id": f"2401.{i:05d}", "submitter": "x", "authors": "A. B.", "title": _sentence(rng, i, 6),
+             "comments": None, "journal-ref": None, "doi": None, "report-no": None, "categories": c,
+             "license": None, "abstract": _sentence(rng, i, 12), "update_date": "2024-01-01"}
+            for i, c in enumerate(cats * 2)])
+    for hf_id in ("mteb/raw_biorxiv", "mteb/raw_medrxiv"):
+        _write(root, hf_id, None, "train",
+               [{"id": f"10.1101/{i}", "title": _sentence(rng, i, 6), "abstract": _sentence(rng, i, 12),
+                 "category": ["neuroscience", "genomics", "microbiology", "epidemiology"][i % 4], "date": "2024-01-01"}
+                for i in range(12)])
+    _write(root, "sentence-transformers/reddit-title-body", None, "train",
+           [{"title": _sentence(rng, i, 6), "body": _sentence(rng, i, 12), "subreddit": f"r{i % 9}"}
+            for i in range(18)])
+    _write(root, "SetFit/20_newsgroups", None, "train", _labelled(rng, [f"news.{j}" for j in range(8)], 2))
+    return root
