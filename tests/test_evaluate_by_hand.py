@@ -44,7 +44,7 @@ def test_scores_equal_hand_computed_ndcg_and_recall(tmp_path):
         "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td3\t2\nq2\td5\t1\nq2\td7\t1\nq3\td0\t1\n")
     data = load_beir(tmp_path)
     assert data.query_ids == ["q1", "q2", "q3"]  # a query without judgements is not scored
-    ids = data.corpus_ids
+    ids = data.doc_ids
     rest = lambda *first: list(first) + [d for d in ids if d not in first]  # noqa: E731
     # q1: d2, d1, d3, ... ; q2: d5 first, d7 at rank 103 (past 100) ; q3: d0 at rank 11 (past 10)
     q2 = rest("d5")
@@ -52,7 +52,7 @@ def test_scores_equal_hand_computed_ndcg_and_recall(tmp_path):
     q2.insert(102, "d7")
     q3 = rest(*[f"d{i}" for i in range(20, 30)], "d0")
     model = RankingModel({"query q1": rest("d2", "d1", "d3"), "query q2": q2, "query q3": q3},
-                         ids, data.corpus_texts)
+                         ids, data.doc_texts)
     got = score(model, data, instruction="Given a query, find it", k=100)
 
     ndcg_q1 = _dcg([0, 1, 2]) / _dcg([2, 1])  # linear gains (trec_eval's ndcg_cut)
