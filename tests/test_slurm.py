@@ -1,4 +1,5 @@
-"""The launch layer on a real one-host Slurm (tests/slurm_cluster.py starts it; nothing is mocked).
+"""The launch layer on a real Slurm on this machine (tests/slurm_cluster.py starts it: the host's
+node plus two nodes in their own network namespaces; nothing is mocked).
 
 CPU overrides make the GPU scripts run here: 2 tasks (gloo), the tiny model, a few steps.
 """
@@ -34,8 +35,8 @@ def overrides(data: Path, steps: int, base: Path | None = None, extra=()):
     return ([f"init_from={base}"] if base else []) + o
 
 
-def sbatch(script: str, args: list[str], out: Path, sbatch_args=(), resources=SBATCH_CPU) -> str:
-    env = dict(os.environ, NVEMBED_OUT=str(out))
+def sbatch(script: str, args: list[str], out: Path, sbatch_args=(), resources=SBATCH_CPU, **env_vars) -> str:
+    env = dict(os.environ, NVEMBED_OUT=str(out), **env_vars)
     p = subprocess.run(["sbatch", "--parsable", *resources, f"--output={out}/%x-%j.out", *sbatch_args, script, *args],
                        capture_output=True, text=True, cwd=REPO, env=env, check=True)
     return p.stdout.strip().split(";")[0]
@@ -111,8 +112,11 @@ def test_two_nodes_equal_one_node_through_a_preemption(slurm_two_nodes, tmp_path
     one, two = tmp_path / "one_node", tmp_path / "two_nodes"
     one.mkdir()
     two.mkdir()
-    jid1 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), one)
-    jid2 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), two, resources=SBATCH_TWO_NODES)
+    # One thread per process in both: otherwise Lightning gives each process cpus // tasks-per-node
+    # threads (1 on one node, 2 on each of two), and fp32 matmuls sum in another order (~3e-8).
+    jid1 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), one, OMP_NUM_THREADS="1")
+    jid2 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), two, resources=SBATCH_TWO_NODES,
+                  OMP_NUM_THREADS="1")
     trace = two / "stage1" / "samples" / "rank0.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (trace.exists() and len(trace.read_text().splitlines()) >= 6):

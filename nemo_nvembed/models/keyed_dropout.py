@@ -6,7 +6,8 @@ chunking), or how a tensor-parallel rank holds a slice of the features. Otherwis
 and the one-process run with the whole batch would train different models. A counter-based
 generator (like Philox, but keyed by what an element *is*) gives exactly that: the keep/drop
 decision for element (token ``pos`` of sequence ``key``, feature ``feat`` in the full TP=1
-layout) is ``hash(key, pos, feat) >= p * 2**32``.
+layout) is ``hash(key, pos, feat) >= p * 2**32``, with the key salted per module (its name), so
+that each dropout module draws independently, as ordinary dropout does.
 
 The caller (:mod:`nemo_nvembed.training.chunking`) sets the keys of the sequences in the forward
 with :func:`sequence_keys` (a function of seed, step, text group and the sequence's position in
@@ -15,6 +16,7 @@ to ``torch.nn.functional.dropout``.
 """
 from __future__ import annotations
 
+import zlib
 from contextlib import contextmanager
 
 import torch
@@ -52,9 +54,14 @@ def sequence_keys(keys: torch.Tensor):
         _keys = previous
 
 
-def dropout(x: torch.Tensor, p: float, training: bool, feature_offset: int = 0) -> torch.Tensor:
-    """Dropout of ``x`` [s, b, f] (megatron's sequence-first layout); ``feature_offset``: index of
-    this rank's first feature in the full layout (a TP slice)."""
+def salt_of(name: str) -> int:
+    """A module's salt: a stable 32-bit hash of its name (the same on every rank and run)."""
+    return zlib.crc32(name.encode())
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, salt: int, feature_offset: int = 0) -> torch.Tensor:
+    """Dropout of ``x`` [s, b, f] (megatron's sequence-first layout) for the module with ``salt``;
+    ``feature_offset``: index of this rank's first feature in the full layout (a TP slice)."""
     if not training or p == 0.0:
         return x
     if _keys is None:
@@ -64,7 +71,7 @@ def dropout(x: torch.Tensor, p: float, training: bool, feature_offset: int = 0) 
         raise RuntimeError(f"keyed dropout: {_keys.numel()} sequence keys for a batch of {b}")
     dev = x.device
     with torch.no_grad():
-        seq = mix32(_keys.to(dev))  # [b]
+        seq = mix32(mix32(_keys.to(dev) ^ salt) ^ 0x27D4EB2F)  # [b]
         pos = mix32(torch.arange(s, device=dev, dtype=torch.int64) + 0x632BE5AB)  # [s]
         feat = mix32(torch.arange(feature_offset, feature_offset + f, device=dev, dtype=torch.int64) + 0x85157AF5)
         row = mix32(pos[:, None] ^ seq[None, :])  # [s, b]

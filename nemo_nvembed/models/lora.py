@@ -49,9 +49,9 @@ def _local_in_out(module) -> tuple[int, int]:
 
 
 class _LoRAHook:
-    def __init__(self, module, column: bool, scale: float, dropout: float, sequence_parallel: bool):
+    def __init__(self, module, column: bool, scale: float, dropout: float, sequence_parallel: bool, name: str):
         self.column, self.scale, self.sequence_parallel = column, scale, sequence_parallel
-        self.p = dropout
+        self.p, self.salt = dropout, keyed_dropout.salt_of(name)  # each adapter draws its own masks
         module.register_forward_hook(self)
 
     def __call__(self, module, args, output):
@@ -61,13 +61,13 @@ class _LoRAHook:
         if self.column:
             if self.sequence_parallel:  # base layer all-gathers the sequence itself
                 x = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)
-            xd = keyed_dropout.dropout(x, self.p, module.training)  # same mask on all TP ranks
+            xd = keyed_dropout.dropout(x, self.p, module.training, self.salt)  # same mask on all TP ranks
             a = torch.nn.functional.linear(xd, A)  # [s, b, r], same on all TP ranks
             a = copy_to_tensor_model_parallel_region(a)
             delta = torch.nn.functional.linear(a, B)  # [s, b, out/tp]
         else:
             # x is split on features: this rank's slice of the full-layout mask
-            xd = keyed_dropout.dropout(x, self.p, module.training, feature_offset=_tp_rank() * x.shape[-1])
+            xd = keyed_dropout.dropout(x, self.p, module.training, self.salt, feature_offset=_tp_rank() * x.shape[-1])
             a = reduce_from_tensor_model_parallel_region(torch.nn.functional.linear(xd, A))  # [s, b, r]
             delta = torch.nn.functional.linear(a, B)  # [s, b, out]
             if self.sequence_parallel:
@@ -105,7 +105,7 @@ def apply_lora(backbone: torch.nn.Module, lora_cfg) -> list[str]:
         module.lora_A = tp_layout.mark(torch.nn.Parameter(A), None if column else 1)
         module.lora_B = tp_layout.mark(torch.nn.Parameter(B), 0 if column else None, chunks=2 if fc1 else 1)
         sp = bool(getattr(module, "sequence_parallel", False))
-        module._nvembed_lora = _LoRAHook(module, column, scale, lora_cfg.dropout, sp)
+        module._nvembed_lora = _LoRAHook(module, column, scale, lora_cfg.dropout, sp, name)
         attached.append(name)
     if not attached:
         raise ValueError(f"lora.target_modules {sorted(targets)} matched no module of the backbone")
