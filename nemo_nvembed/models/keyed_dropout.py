@@ -54,6 +54,33 @@ def sequence_keys(keys: torch.Tensor):
         _keys = previous
 
 
+def keep_keys_through_recompute() -> None:
+    """megatron's activation recompute re-runs layers during backward, outside the caller's
+    :func:`sequence_keys` block: bind the keys of the forward to the checkpointed function, so the
+    recomputed forward draws the same masks (idempotent)."""
+    from megatron.core import tensor_parallel
+
+    original = tensor_parallel.checkpoint
+    if getattr(original, "nvembed_keyed", False):
+        return
+
+    def checkpoint(function, distribute_saved_activations, *args):
+        keys = _keys
+
+        def run(*inner):
+            global _keys
+            previous, _keys = _keys, keys
+            try:
+                return function(*inner)
+            finally:
+                _keys = previous
+
+        return original(run, distribute_saved_activations, *args)
+
+    checkpoint.nvembed_keyed = True
+    tensor_parallel.checkpoint = checkpoint
+
+
 def salt_of(name: str) -> int:
     """A module's salt: a stable 32-bit hash of its name (the same on every rank and run)."""
     return zlib.crc32(name.encode())

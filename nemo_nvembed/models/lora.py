@@ -87,6 +87,8 @@ def apply_lora(backbone: torch.nn.Module, lora_cfg) -> list[str]:
         p.requires_grad_(False)
     if not lora_cfg.enabled:
         return []
+    if lora_cfg.dropout:
+        keyed_dropout.keep_keys_through_recompute()
     targets = set(lora_cfg.target_modules)
     scale = lora_cfg.alpha / lora_cfg.rank
     attached = []
