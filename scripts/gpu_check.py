@@ -1,6 +1,6 @@
 """The GPU path in one call: install the bundle offline, then test, train and benchmark on the GPU.
 
-    scripts/gpu_check.sh [OUTDIR] [--bundle gpu_bundle] [--budget-s 450] [--cpu-smoke]
+    scripts/gpu_check.sh [OUTDIR] [--bundle gpu_bundle] [--budget-s 450] [--cpu-smoke] [--only STEP,...]
 
 Runs with the ``python3`` on PATH (on the device machine: the image's, which holds CUDA PyTorch) and
 uses only the standard library itself, so it starts before anything is installed. Steps, each timed,
@@ -122,8 +122,11 @@ NVEmbedModel.from_config(cfg).save_to(sys.argv[2])
 
 
 class Check:
-    def __init__(self, out: Path, budget_s: float):
-        self.out, self.deadline, self.t0 = out, time.monotonic() + budget_s, time.monotonic()
+    def __init__(self, out: Path, budget_s: float, only: set[str] | None):
+        self.out, self.deadline, self.t0, self.only = out, time.monotonic() + budget_s, time.monotonic(), only
+        unknown = (only or set()) - set(LIMITS)
+        if unknown:
+            raise SystemExit(f"--only: unknown steps {sorted(unknown)}; steps: {', '.join(LIMITS)}")
         self.log = open(out / "check.log", "a", buffering=1)
         self.summary = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "budget_s": budget_s,
                         "host": platform.node(), "steps": {}}
@@ -143,6 +146,8 @@ class Check:
 
     def run(self, name: str, cmds: list[list[str]], env: dict | None = None) -> dict:
         """Run ``cmds`` in order (stop at the first failure) within the step's limit; record everything."""
+        if self.only is not None and name not in self.only and name not in ("environment", "install"):
+            return self.skip(name, "not in --only") or {}
         limit = min(LIMITS[name], self.deadline - time.monotonic())
         rec = {"status": "ok", "limit_s": round(limit, 1), "commands": [shlex.join(c) for c in cmds]}
         if limit < 5:
@@ -185,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", default=str(REPO / "gpu_bundle"), help="folder of wheels from `make gpu-bundle`")
     p.add_argument("--budget-s", type=float, default=450.0, help="the whole check's time limit (8 min lease slot)")
     p.add_argument("--cpu-smoke", action="store_true", help="no CUDA: run every step at toy sizes on CPU")
+    p.add_argument("--only", default=None,
+                   help="comma-separated steps to run after environment + install (a rerun), e.g. stage1,bench")
     args = p.parse_args(argv)
     if not args.outdir:
         p.error("give OUTDIR or set OUT")
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     py = sys.executable
-    chk = Check(out, args.budget_s)
+    chk = Check(out, args.budget_s, set(args.only.split(",")) if args.only else None)
     chk.summary.update(bundle=str(bundle), work=str(work), cpu_smoke=args.cpu_smoke)
     env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     chk.run("bench", [[py, "-m", "nemo_nvembed.bench", *BENCH[mode], "--data", str(data / "stage1.jsonl"),
                        "--tokenizer", str(tok), "--out", str(out / "bench.json")]], env)
     b = chk.summary["steps"].get("bench")
-    if b:
+    if b and b["status"] != "skipped":
         b["result"] = {}
         for f in sorted(out.glob("bench*.json")):
             r = json.loads(f.read_text())
