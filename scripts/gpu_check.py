@@ -9,7 +9,7 @@ bounded by its own limit and by what is left of ``--budget-s``, each recorded wh
 
   environment  python, torch, CUDA device, pip versions of the packages the project uses
   install      pip install --no-index --no-deps <bundle>/*.whl over the image (torch untouched); pip check
-  imports      every nemo_nvembed module (mteb_encoder only if mteb is installed: it is not carried)
+  imports      every nemo_nvembed module (mteb_encoder, eval.mteb only if mteb is installed: it is not carried)
   nccl         torchrun, world size 1: our process-group setup (NCCL with CUDA) and one all-reduce
   pytest_gpu   pytest tests/test_gpu.py
   data         the demo's training data (python -m nemo_nvembed.demo_data), offline, seconds
@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = "smollm2_tokenizer.json"  # written by scripts/gpu_bundle.py
-NOT_CARRIED = {"nemo_nvembed.mteb_encoder": "mteb"}  # module -> the package the bundle leaves out
+NOT_CARRIED = {"nemo_nvembed.mteb_encoder": "mteb", "nemo_nvembed.eval.mteb": "mteb"}  # module -> the package the bundle leaves out
 
 # Per-step sizes. GPU: the real shapes, a few steps each. CPU smoke: the same code paths, toy sizes.
 STAGE1 = {
