@@ -43,7 +43,9 @@ def train(model, data, grad_cache: bool, steps: int = STEPS) -> list[float]:
     from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.tasks import TaskRegistry
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.training.objective import BatchStream, ContrastiveObjective, build_optimizer
+    from nemo_nvembed.training.batches import BatchStream
+    from nemo_nvembed.training.objective import ContrastiveObjective
+    from nemo_nvembed.training.optim import build_optimizer
     from nemo_nvembed.training.strategy import clip_gradients_globally, sum_gradients
 
     tcfg = train_cfg(data, grad_cache)
