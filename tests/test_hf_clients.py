@@ -59,7 +59,7 @@ CLIENT_SCRIPT = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def exported(tokenizer_file, single_process, tmp_path_factory):
     """{variant: (folder, our query embeddings, our document embeddings, model)} and the clients' results."""
-    from nemo_nvembed.export import export_hf
+    from nemo_nvembed.interop.hf_export import export_hf
     from nemo_nvembed.models.nvembed import NVEmbedModel
 
     tmp = tmp_path_factory.mktemp("hf_clients")
