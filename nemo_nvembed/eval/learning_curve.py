@@ -36,6 +36,7 @@ def plot(stages: list[tuple[str, list[tuple[int, float, float]]]], start: tuple[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     offset, last = 0, start and (0, start[1])
@@ -56,7 +57,8 @@ def plot(stages: list[tuple[str, list[tuple[int, float, float]]]], start: tuple[
     ax.set_ylabel("held-out nDCG@10")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
