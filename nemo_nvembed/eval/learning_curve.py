@@ -45,9 +45,9 @@ def plot(stages: list[tuple[str, list[tuple[int, float, float]]]], start: tuple[
     for name, points in stages:
         xs = [offset + s for s, _, _ in points]
         ys = [v for _, v, _ in points]
-        if last:  # join to where the previous stage (or the base model) ended
-            xs, ys = [last[0], *xs], [last[1], *ys]
-        ax.plot(xs, ys, "o-", label=name)
+        (line,) = ax.plot(xs, ys, "o-", label=name, zorder=3)
+        if last and points:  # join to where the previous stage (or the base model) ended, no marker
+            ax.plot([last[0], xs[0]], [last[1], ys[0]], "-", color=line.get_color(), zorder=2)
         if points:
             offset = offset + points[-1][0]
             last = (offset, points[-1][1])
