@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: install test demo clean-demo gpu-bundle
+.PHONY: install test demo demo-long clean-demo gpu-bundle
 
 $(PY):
 	@test -n "$(PYTHON_311)" || { echo "Python 3.11 not found (set PYTHON_311=/path/to/python3.11)"; exit 1; }
@@ -29,6 +29,9 @@ test: install
 
 demo: install
 	$(PY) -m nemo_nvembed.demo
+
+demo-long: install   # the same pipeline, longer (conf/demo_long.yaml): at most 2 hours on 2 CPU cores
+	$(PY) -m nemo_nvembed.demo --config conf/demo_long.yaml
 
 # Wheels a GPU machine needs beyond its image (scripts/gpu_bundle.txt), for scripts/gpu_check.sh; <= 60 MiB.
 gpu-bundle: install

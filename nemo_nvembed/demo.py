@@ -12,13 +12,13 @@ from nemo_nvembed.paths import CONF
 from nemo_nvembed.recipes import demo
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.demo", description=demo.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(CONF / "demo.yaml"))
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for both stages (e.g. trainer.max_steps=3)")
     args = p.parse_args(argv)
-    demo.run_demo(args.config, args.overrides)
+    return demo.run_demo(args.config, args.overrides)
 
 
 if __name__ == "__main__":

@@ -191,3 +191,21 @@ def test_modules_in_allowlist_import_and_give_items():
         items = dd.collect_module(name, cfg)
         assert items and all(not part.startswith("_") for i in items for part in i.id.split("."))
     assert len(set(dd.MODULE_AREAS.values())) >= 8
+
+
+def test_package_docstrings_join_training_only():
+    """--packages adds installed packages' docstrings to training; the held-out split is unchanged."""
+    from nemo_nvembed.prep.package_docs import PACKAGE_MODULES
+
+    cfg = dict(max_train=300, heldout_queries=60, heldout_corpus=150, val_queries=20, val_corpus=60,
+               max_per_label=10, max_per_area=20)
+    plain = dd.build(dd.DemoDataConfig(**cfg))
+    extra = dd.build(dd.DemoDataConfig(**cfg, packages="numpy"))
+    assert extra["heldout"] == plain["heldout"]
+    assert dd.check_no_overlap(extra) > 0
+    numpy_modules = {m for m in PACKAGE_MODULES if m.split(".")[0] == "numpy"}
+    assert set(extra["manifest"]["modules"]["packages"]) <= numpy_modules
+    assert any(e["pos_id"].startswith("numpy.") for e in extra["stage1"])
+    assert any(e["pos"] == "numpy" for e in extra["stage2"] if e["task"] == dd.CLUSTERING)
+    with pytest.raises(ValueError, match="no allowlisted modules"):
+        dd.build(dd.DemoDataConfig(**cfg, packages="no_such_package"))

@@ -262,6 +262,11 @@ def test_demo_smoke(tmp_path, tokenizer_file):
                        capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert list(results) == ["base model, mean pooling", "after stage1", "after stage2"]
+    assert list(results["results"]) == ["BM25 (bm25s, no training)", "base model, mean pooling", "after stage1",
+                                        "after stage2"]
+    assert [step for step, _, _ in results["curves"]["after stage2"]] == [2]
     assert (tmp_path / "demo" / "runs" / "stage2" / "stage2.nemo").exists()
-    assert "| after stage2 |" in p.stdout
+    assert (tmp_path / "demo" / "learning_curve.png").stat().st_size > 0
+    assert "| after stage2 | 2 |" in p.stdout
+    assert "UserWarning" not in p.stdout + p.stderr  # library warnings go to the log file
+    assert "UserWarning" in (tmp_path / "demo" / "demo.log").read_text()

@@ -63,6 +63,7 @@ class DemoDataConfig:
     near_dup_ratio: float = 0.5  # symmetric relative BM25 score with a held-out text; see near_duplicates
     max_per_label: int = 30  # classification, stratified over modules
     max_per_area: int = 80  # clustering, stratified over areas
+    packages: str = ""  # comma-separated installed packages whose docstrings join training (prep/package_docs.py)
 
     def __post_init__(self):
         if not 0 < self.heldout_frac < 1 or not 0 < self.perc_pos <= 1 or not 0 < self.near_dup_ratio <= 1:
@@ -162,6 +163,21 @@ def _label_examples(task: str, items: list[DocItem], label_of, key_of, cap: int,
     return out, counts
 
 
+def _package_items(cfg: DemoDataConfig) -> tuple[list[DocItem], dict[str, str]]:
+    """Training-only items from installed packages' docstrings (none unless cfg.packages is set)."""
+    if not cfg.packages:
+        return [], {}
+    from nemo_nvembed.prep.package_docs import PACKAGE_MODULES, collect_packages
+
+    wanted = {p.strip() for p in cfg.packages.split(",") if p.strip()}
+    names = [m for m in PACKAGE_MODULES if m.split(".")[0] in wanted]
+    missing = wanted - {m.split(".")[0] for m in names}
+    if missing:
+        raise ValueError(f"--packages: no allowlisted modules for {sorted(missing)} "
+                         f"(see PACKAGE_MODULES in nemo_nvembed/prep/package_docs.py)")
+    return collect_packages(names, cfg)
+
+
 def build(cfg: DemoDataConfig) -> dict:
     """Everything in memory: examples per task, BEIR splits, and the manifest."""
     rng = random.Random(cfg.seed)
@@ -174,6 +190,8 @@ def build(cfg: DemoDataConfig) -> dict:
             continue
         modules.append(name)
         raw += items
+    package_items, package_skipped = _package_items(cfg)
+    raw += package_items
     items, n_dupes = dedupe(raw)
     # Retrieval uses every documented callable (functions, methods, classes) with a real body.
     eligible = lambda i: i.kind != "topic" and len(i.body.split()) >= cfg.min_body_words
@@ -230,7 +248,8 @@ def build(cfg: DemoDataConfig) -> dict:
                   "and pydoc_data.topics, read from the running interpreter",
         "python_version": sys.version.split()[0], "seed": cfg.seed, "config": dataclasses.asdict(cfg),
         "modules": {"train": sorted(set(modules) - held_modules), "heldout": sorted(held_modules),
-                    "skipped": skipped},
+                    "skipped": skipped, "packages": sorted({i.module for i in package_items}),
+                    "packages_skipped": package_skipped},
         "filtering": {"raw_items": len(raw), "duplicates_removed": n_dupes,
                       "near_duplicates_of_heldout_removed": len(near),
                       "bm25_mining": dict(sorted(mining.items()))},

@@ -158,13 +158,17 @@ def _owned(obj, name: str, owners: tuple[str, ...]) -> bool:
 
 
 def _item(id_: str, module: str, kind: str, doc, cfg: DemoDataConfig) -> DocItem | None:
+    return _item_in_area(id_, module, MODULE_AREAS[module], kind, doc, cfg)
+
+
+def _item_in_area(id_: str, module: str, area: str, kind: str, doc, cfg: DemoDataConfig) -> DocItem | None:
     if not isinstance(doc, str) or not doc.strip():
         return None
     parts = split_docstring(doc)
     if parts is None or len(parts[0].split()) < cfg.min_summary_words or len(parts[0]) > 300 \
             or ">>>" in parts[0]:
         return None  # no summary sentence: too short, a whole paragraph, or a doctest
-    return DocItem(id_, module, MODULE_AREAS[module], kind, parts[0], trim(parts[1], cfg.max_chars))
+    return DocItem(id_, module, area, kind, parts[0], trim(parts[1], cfg.max_chars))
 
 
 def _is_routine(obj) -> bool:

@@ -1,20 +1,23 @@
 """``make demo`` (``python -m nemo_nvembed.demo``): NV-Embed's two-stage recipe end to end on the embedded default, on a CPU.
 
 1. real training and held-out data from the Python standard library's documentation
-   (:mod:`nemo_nvembed.demo_data`; offline, deterministic, no shared text between splits);
+   (:mod:`nemo_nvembed.prep.demo_corpus`; offline, deterministic, no shared text between splits);
 2. SmolLM2-135M-Instruct imported from the packaged GGUF twice: with mean pooling (the
    baseline) and with a fresh latent-attention head + LoRA (the model to train);
 3. stage 1 and stage 2 with ``torchrun`` on 2 gloo processes (data-parallel), using the stage
    configs with the overrides in ``conf/demo.yaml``;
-4. held-out nDCG@10 for the base model (mean pooling), after stage 1 and after stage 2.
+4. held-out nDCG@10 for BM25 (the keyword baseline), the base model (mean pooling) and, every
+   ``train.validation.every_n_steps`` steps, the model in training: a table and a learning-curve
+   PNG under ``out``.
+
+The terminal shows the steps, one progress line per stage and the results; the commands and all
+they print (NeMo's configuration dumps, library warnings) go to ``<out>/demo.log``.
 
 Every step is skipped when its output exists, so an interrupted demo resumes where it stopped.
 """
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,82 +25,108 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nemo_nvembed.paths import CONF, REPO
+from nemo_nvembed.recipes.console import Console, DemoFailed
 
-T0 = time.time()
-
-
-def say(msg: str) -> None:
-    print(f"\n[demo {time.time() - T0:6.0f}s] {msg}", flush=True)
-
-
-def run(cmd: list[str]) -> None:
-    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
-
-
-def evaluate(nemo: Path, beir: Path, instruction: str, precision: str) -> dict:
+def evaluate(con: Console, nemo: Path, beir: Path, instruction: str, precision: str) -> dict:
     cache = nemo.with_suffix(".heldout.json")
     stamp = f"{nemo.stat().st_size}-{nemo.stat().st_mtime_ns}"
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached.get("stamp") == stamp:
-            print(f"(cached) {cache}")
+            con.note(f"(cached) {cache}")
             return cached
-    out = subprocess.run([sys.executable, "-m", "nemo_nvembed.evaluate", "--model", str(nemo), "--beir", str(beir),
-                          "--instruction", instruction, "--precision", precision, "--batch-size", "32"],
-                         check=True, cwd=REPO, stdout=subprocess.PIPE, text=True).stdout
+    out = con.run([sys.executable, "-m", "nemo_nvembed.evaluate", "--model", str(nemo), "--beir", str(beir),
+                   "--instruction", instruction, "--precision", precision, "--batch-size", "32"], REPO)
     result = json.loads(out.strip().splitlines()[-1])
     result["stamp"] = stamp
     cache.write_text(json.dumps(result))
     return result
 
 
-def run_demo(config: str, overrides: list[str]) -> None:
-    """``python -m nemo_nvembed.demo``: every step of the demo described by `config` (conf/demo.yaml)."""
+
+def run_demo(config: str, overrides: list[str]) -> int:
+    """``python -m nemo_nvembed.demo``: every step of the demo described by `config` (conf/demo.yaml); exit code."""
     dcfg = OmegaConf.load(config)
     out = Path(dcfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    con = Console(out / "demo.log")
+    con.say(f"config {config}; commands and their full output go to {con.log_path}")
+    try:
+        run_pipeline(con, dcfg, out, overrides)
+    except DemoFailed as e:
+        print(f"\ndemo failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
     fmt = lambda items: [str(x).format(out=out) for x in items]  # noqa: E731
 
     from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.eval.bm25_baseline import score_bm25
+    from nemo_nvembed.eval.learning_curve import plot, read_validation
 
     registry = TaskRegistry.from_yaml(CONF / "tasks.yaml")
     instruction = registry[dcfg.eval_task].eval_instruction
     data = out / "data"
 
-    say("1/6 data: Python standard-library documentation -> contrastive tasks + held-out BEIR split")
+    con.say(f"1/6 data: {dcfg.data_description} -> contrastive tasks + held-out BEIR split")
     if (data / "manifest.json").exists():
-        print(f"(exists) {data}")
+        con.note(f"(exists) {data}")
     else:
-        run([sys.executable, "-m", "nemo_nvembed.demo_data", "--out", str(data)])
+        con.run([sys.executable, "-m", "nemo_nvembed.demo_data", "--out", str(data), *fmt(dcfg.data_args)], REPO)
+    counts = json.loads((data / "manifest.json").read_text())["counts"]
+    con.note(f"stage 1: {counts['stage1']}; stage 2: {counts['stage2']}; held-out: {counts['heldout']}")
 
-    say(f"2/6 base model: {dcfg.base_source} (mean-pooling baseline and the model to train)")
+    con.say(f"2/6 base model: {dcfg.base_source} (mean-pooling baseline and the model to train)")
     for name, extra in (("base_mean", ["model.pooling.type=mean"]), ("base", [])):
         nemo = out / f"{name}.nemo"
         if nemo.exists():
-            print(f"(exists) {nemo}")
+            con.note(f"(exists) {nemo}")
         else:
-            run([sys.executable, "-m", "nemo_nvembed.convert", "from-hf", dcfg.base_source, "--out", str(nemo),
-                 "--model-config", dcfg.base_model_config, *extra])
+            con.run([sys.executable, "-m", "nemo_nvembed.convert", "from-hf", dcfg.base_source, "--out", str(nemo),
+                     "--model-config", dcfg.base_model_config, *fmt(dcfg.base_overrides), *extra], REPO)
 
-    say("3/6 held-out evaluation of the base model with mean pooling")
-    results = {"base model, mean pooling": evaluate(out / "base_mean.nemo", data / "heldout", instruction, dcfg.eval_precision)}
+    con.say("3/6 held-out baselines: BM25 and the base model with mean pooling")
+    results = {"BM25 (bm25s, no training)": score_bm25(data / "heldout")}
+    results["base model, mean pooling"] = evaluate(con, out / "base_mean.nemo", data / "heldout", instruction,
+                                                   dcfg.eval_precision)
+    for name, r in results.items():
+        con.note(f"{name}: nDCG@10 {r['ndcg@10']:.4f}")
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dcfg.processes),
                 "-m", "nemo_nvembed.train"]
+    curves = []
     for i, stage in enumerate(("stage1", "stage2")):
-        say(f"{4 + i}/6 {stage}: {dcfg.processes} gloo processes, data-parallel")
-        run([*torchrun, "--config-name", stage, *fmt(dcfg.common), *fmt(dcfg[stage]), *overrides])
+        stage_args = [*fmt(dcfg.common), *fmt(dcfg[stage]), *overrides]
+        max_steps = int(OmegaConf.from_dotlist([a for a in stage_args if a.startswith("trainer.max_steps=")])
+                        .trainer.max_steps)
+        con.say(f"{4 + i}/6 {stage}: {max_steps} steps on {dcfg.processes} gloo processes (data-parallel)")
         nemo = out / "runs" / stage / f"{stage}.nemo"
-        results[f"after {stage}"] = evaluate(nemo, data / "heldout", instruction, dcfg.eval_precision)
+        if nemo.exists():
+            con.note(f"(exists) {nemo}")
+        else:
+            con.run_stage([*torchrun, "--config-name", stage, *stage_args], REPO, stage, max_steps)
+        points = read_validation(out / "runs" / stage)
+        if not points or points[-1][0] != max_steps:
+            raise DemoFailed(f"{stage}: no held-out validation at step {max_steps} in {out / 'runs' / stage}")
+        curves.append((f"after {stage}", points))
+        step, ndcg, recall = points[-1]
+        results[f"after {stage}"] = {"ndcg@10": ndcg, "recall@100": recall, "steps": step}
 
-    say("held-out results")
-    rows = ["| model | nDCG@10 | Recall@100 |", "|---|---|---|"]
-    rows += [f"| {k} | {v['ndcg@10']:.4f} | {v['recall@100']:.4f} |" for k, v in results.items()]
+    con.say("held-out results")
+    rows = ["| model | training steps | nDCG@10 | Recall@100 |", "|---|---|---|---|"]
+    rows += [f"| {k} | {v.get('steps', 0)} | {v['ndcg@10']:.4f} | {v['recall@100']:.4f} |" for k, v in results.items()]
     table = "\n".join(rows)
-    held = next(iter(results.values()))
-    print(f"held-out: {held['queries']} queries, {held['corpus']} documents (modules unseen in training)\n")
-    print(table)
+    bm25 = results["BM25 (bm25s, no training)"]
+    print(f"held-out: {bm25['queries']} queries, {bm25['corpus']} documents (modules unseen in training)\n")
+    print(table, flush=True)
+    con.log.write(table + "\n")
+    png = plot([(name.replace("after ", ""), pts) for name, pts in curves],
+               ("base model, mean pooling", results["base model, mean pooling"]["ndcg@10"]),
+               {"BM25": bm25["ndcg@10"]}, out / "learning_curve.png",
+               f"held-out nDCG@10 ({bm25['queries']} queries, {bm25['corpus']} documents)")
     (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    say(f"done: .nemo files under {out}/runs, results in {out}/results.md")
+    (out / "results.json").write_text(json.dumps({"results": results, "curves": dict(curves)}, indent=2) + "\n")
+    con.say(f"done in {time.time() - con.t0:.0f}s: .nemo files under {out}/runs, table {out}/results.md, "
+            f"learning curve {png}, log {con.log_path}")

@@ -18,11 +18,14 @@ class RetrievalValidation(Callback):
 
     def _run(self, trainer, model):
         from nemo_nvembed.eval.beir import score
+        from nemo_nvembed.eval.sharded_encode import DPShardedEncoder
 
         step = trainer.global_step
         if self.history and self.history[-1][0] == step:
             return
-        metrics = score(model, self.data, self.instruction, self.batch_size, self.precision)
+        # Each data-parallel rank encodes a share (all TP ranks of a DP rank encode the same share).
+        metrics = score(DPShardedEncoder.for_current_run(model), self.data, self.instruction, self.batch_size,
+                        self.precision)
         self.history.append((step, metrics))
         for logger in trainer.loggers:
             logger.log_metrics({"val_ndcg@10": metrics["ndcg@10"], "val_recall@100": metrics["recall@100"]}, step)
