@@ -14,7 +14,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_nvembed.models.config import ConfigError, validate_model_config
-from nemo_nvembed.training.config import validate_train_config
+from nemo_nvembed.checks.errors import exit_on_user_error
+from nemo_nvembed.training.config import check_stage_values, validate_train_config
 
 ARCH_KEYS = ("backbone", "attention", "pooling", "lora", "max_length", "query_template", "tokenizer")
 
@@ -44,19 +45,14 @@ def check_architecture(saved, wanted, init_from: str) -> None:
 
 
 def run(cfg: DictConfig) -> Path | None:
-    import lightning.pytorch as pl
-    from nemo.utils.exp_manager import exp_manager
-
     from nemo_nvembed.parallel import distributed
     from nemo_nvembed.data.jsonl import load_examples
-    from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.models.checkpoint import tokenizer_from_nemo
     from nemo_nvembed.models.nvembed import NVEmbedModel
-    from nemo_nvembed.training.preemption import PreemptionCheckpoint
-    from nemo_nvembed.training.run_info import write_run_info
-    from nemo_nvembed.training.strategy import MegatronDPStrategy
-    from nemo_nvembed.training.objective import RetrievalValidation
+    from nemo_nvembed.training.run_lock import RunLock
 
+    check_stage_values(cfg, source=cfg.name)
     tcfg = validate_train_config(cfg.train, source=f"{cfg.name}: train")
     mcfg = validate_model_config(cfg.model, source=f"{cfg.name}: model", require_complete=False)
     out = Path(cfg.output_nemo)
@@ -67,26 +63,60 @@ def run(cfg: DictConfig) -> Path | None:
             print(f"{out} exists: stage {cfg.name} already finished, nothing to do")
         return out
     if not Path(cfg.init_from).is_file():
-        raise FileNotFoundError(f"init_from: no .nemo at {cfg.init_from}")
-    tp = cfg.parallel.tensor_model_parallel_size
-    distributed.initialize(tp, seed=mcfg.seed)
+        raise ConfigError(f"init_from: no .nemo at {cfg.init_from}")
 
-    # Runtime-only model settings (activation recompute) come from the stage config, the rest from
-    # init_from, which the stage config must describe (check_architecture).
+    # Config and data are checked before any weight is restored: init_from's config and tokenizer only.
     saved = NVEmbedModel.restore_from(cfg.init_from, return_config=True)
     check_architecture(saved, mcfg, cfg.init_from)
-    with open_dict(saved):
-        saved.recompute = mcfg.recompute
-    model = NVEmbedModel.restore_from(cfg.init_from, override_config_path=saved)
     registry = TaskRegistry.from_yaml(tcfg.data.tasks)
-    tok = model.tokenizer
+    tok = tokenizer_from_nemo(cfg.init_from, saved)
     loaded = load_examples(
         tcfg.data.path, registry, tcfg.data.num_negatives, tcfg.data.allow_negative_resampling, tcfg.data.seed,
         count_tokens=lambda t: len(tok(t, add_special_tokens=False)["input_ids"]),
         max_length=max(tcfg.data.query_max_length, tcfg.data.doc_max_length) - 2,
+        duplicates=tcfg.data.duplicates,
     )
     if rank0:
         print(loaded.summary.format(), flush=True)
+
+    tp = cfg.parallel.tensor_model_parallel_size
+    distributed.initialize(tp, seed=mcfg.seed)
+    run_dir = Path(cfg.exp_manager.explicit_log_dir)
+    lock = distributed.decided_on_rank0(lambda: RunLock(run_dir, distributed.slurm_job_id()).acquire())
+    if rank0 and lock.taken_over:
+        print(lock.taken_over, flush=True)
+    try:
+        return _train(cfg, tcfg, mcfg, saved, registry, loaded, run_dir, env, out)
+    finally:
+        if rank0:
+            lock.release()
+
+
+def _train(cfg, tcfg, mcfg, saved, registry, loaded, run_dir, env, out):
+    """The stage once its inputs are checked and the run folder is ours."""
+    import lightning.pytorch as pl
+    from nemo.utils.exp_manager import exp_manager
+
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.data.sampler import GlobalBatchSampler
+    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.training import resume
+    from nemo_nvembed.training.checkpoint_io import ManifestCheckpointIO
+    from nemo_nvembed.training.preemption import PreemptionCheckpoint
+    from nemo_nvembed.training.run_info import write_run_info
+    from nemo_nvembed.training.strategy import MegatronDPStrategy
+    from nemo_nvembed.training.objective import RetrievalValidation
+
+    rank0, tp = env.rank == 0, cfg.parallel.tensor_model_parallel_size
+    ckpt_dir = Path(OmegaConf.select(cfg, "exp_manager.checkpoint_callback_params.dirpath") or run_dir / "checkpoints")
+    decision = distributed.decided_on_rank0(lambda: resume.choose(ckpt_dir, cfg.resume))
+    if rank0:
+        print(decision.format(), flush=True)
+    # Runtime-only model settings (activation recompute) come from the stage config, the rest from
+    # init_from, which the stage config must describe (check_architecture).
+    with open_dict(saved):
+        saved.recompute = mcfg.recompute
+    model = NVEmbedModel.restore_from(cfg.init_from, override_config_path=saved)
     sampler = GlobalBatchSampler([e.task for e in loaded.examples], registry, tcfg.data.global_batch_size,
                                  distributed.dp_rank(), distributed.dp_size(), tcfg.data.seed, tcfg.data.sampling)
 
@@ -96,7 +126,7 @@ def run(cfg: DictConfig) -> Path | None:
     with open_dict(cfg):  # the launcher decides devices and nodes; the resolved config records them
         cfg.trainer.devices = env.local_world_size
         cfg.trainer.num_nodes = env.num_nodes
-    preemption = PreemptionCheckpoint(Path(cfg.exp_manager.explicit_log_dir or "."))
+    preemption = PreemptionCheckpoint(run_dir)
     callbacks = [preemption]
     if tcfg.validation.beir:
         precision = "bf16" if "bf16" in str(cfg.trainer.precision) else "fp32"
@@ -107,14 +137,15 @@ def run(cfg: DictConfig) -> Path | None:
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    trainer = pl.Trainer(strategy=MegatronDPStrategy(tp, seed=mcfg.seed), callbacks=callbacks, plugins=plugins,
+    strategy = MegatronDPStrategy(tp, seed=mcfg.seed, checkpoint_io=ManifestCheckpointIO())
+    trainer = pl.Trainer(strategy=strategy, callbacks=callbacks, plugins=plugins,
                          **OmegaConf.to_container(cfg.trainer, resolve=True))
     log_dir = exp_manager(trainer, cfg.exp_manager)
     if rank0:
         write_run_info(log_dir, cfg)
     model.set_trainer(trainer)
     model.setup_contrastive(tcfg, registry, loaded.examples, sampler, cfg.trainer.max_steps, trace_dir=log_dir)
-    trainer.fit(model)
+    trainer.fit(model, ckpt_path=str(decision.checkpoint) if decision.checkpoint else None)
     if preemption.stopped:
         if rank0:
             print(f"stage {cfg.name} stopped by a signal at step {trainer.global_step}; relaunch to resume", flush=True)
@@ -128,7 +159,7 @@ def run(cfg: DictConfig) -> Path | None:
 def main() -> None:
     from nemo.core.config import hydra_runner
 
-    hydra_runner(config_path="../conf", config_name="stage1")(run)()
+    hydra_runner(config_path="../conf", config_name="stage1")(exit_on_user_error(run))()
 
 
 if __name__ == "__main__":

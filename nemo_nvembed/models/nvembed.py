@@ -167,6 +167,7 @@ class NVEmbedModel(ModelPT):
         from nemo_nvembed.training.objective import BatchStream, ContrastiveObjective
 
         self.train_cfg, self._sampler, self._max_steps = train_cfg, sampler, max_steps
+        self._skip_update = False
         self._trace = None
         if trace_dir is not None:
             import torch.distributed as dist
@@ -176,7 +177,7 @@ class NVEmbedModel(ModelPT):
             folder = Path(trace_dir) / "samples"
             folder.mkdir(parents=True, exist_ok=True)
             self._trace = open(folder / f"rank{dist.get_rank()}.jsonl", "a", buffering=1)
-        self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size, self._cfg.seed)
+        self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size, self._cfg.seed, max_steps)
         self._train_dl = BatchStream(examples, sampler, registry, self.text, train_cfg.data,
                                      train_cfg.loss.in_batch_negatives, start=lambda: self.trainer.global_step)
 
@@ -191,7 +192,10 @@ class NVEmbedModel(ModelPT):
         for opt in self.trainer.optimizers:
             opt.zero_grad(set_to_none=True)
         loss, out = self.objective.step(self, batch)
-        if loss is not None and not loss.requires_grad:  # GradCache: gradients are already in place
+        self._skip_update = loss is None
+        if loss is None:  # skipped on every rank: Lightning (under DDP) needs a loss; this one has no gradient
+            loss = torch.zeros((), device=out.global_loss.device, requires_grad=True)
+        elif not loss.requires_grad:  # GradCache: gradients are already in place
             loss = loss.detach().requires_grad_()
         if self._trace is not None:
             self._trace.write(json.dumps({"step": batch.step, "lines": batch.lines}) + "\n")
@@ -208,6 +212,11 @@ class NVEmbedModel(ModelPT):
     def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
         pass  # see training_step
 
+    def on_before_optimizer_step(self, optimizer):
+        if self._skip_update:  # a skipped step: no gradient, so AdamW updates nothing (nor its moments)
+            for p in self.parameters():
+                p.grad = None
+
     def configure_optimizers(self):
         from nemo_nvembed.training.objective import build_optimizer
 
@@ -217,11 +226,13 @@ class NVEmbedModel(ModelPT):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["sampler"] = self._sampler.state_dict_at(self.trainer.global_step)
+        checkpoint["skipped_nonfinite"] = self.objective.skipped_nonfinite
 
     def on_load_checkpoint(self, checkpoint):
         if "sampler" not in checkpoint:
             raise KeyError("training checkpoint has no sampler state: it was not written by nemo_nvembed.train")
         self._sampler.load_state_dict(checkpoint["sampler"])  # refuses a state from other data/seed
+        self.objective.skipped_nonfinite = checkpoint.get("skipped_nonfinite", 0)  # absent: saved before it was counted
         if checkpoint["sampler"]["step"] != checkpoint["global_step"]:
             raise ValueError(f"checkpoint sampler step {checkpoint['sampler']['step']} != global step {checkpoint['global_step']}")
 
