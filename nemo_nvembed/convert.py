@@ -30,6 +30,9 @@ import tempfile
 
 from omegaconf import OmegaConf
 
+from nemo_nvembed.checks import paths as checks
+from nemo_nvembed.checks.errors import UserError, exit_on_user_error
+
 from nemo_nvembed.models.config import check_parallel_layout, validate_model_config
 from nemo_nvembed.paths import model_config_path
 
@@ -84,7 +87,8 @@ def build_config(src_backbone: dict, tok_cfg: dict, tokenizer_file: str, base: s
 
 def from_hf(args) -> None:
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.interop.hf_import import (HEAD_PREFIX, backbone_config, head_from_hf, hf_to_megatron, load_source,
+    from nemo_nvembed.interop.hf_checks import check_backbone_tensors, checked_backbone_config
+    from nemo_nvembed.interop.hf_import import (HEAD_PREFIX, head_from_hf, hf_to_megatron, load_source,
                                         tokenizer_config)
 
     src = load_source(args.src)
@@ -93,7 +97,8 @@ def from_hf(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tok_file = os.path.join(tmp, "tokenizer.json")
         src.tokenizer.backend_tokenizer.save(tok_file)
-        bcfg = backbone_config(src.config)
+        bcfg = checked_backbone_config(src.config, src.description)
+        check_backbone_tensors(src.state_dict, bcfg, src.description)
         sections = None if src.nvembed is None else nvembed_sections(src.nvembed, src.state_dict, bcfg)
         cfg = build_config(bcfg, tokenizer_config(src.tokenizer), tok_file, base, args.overrides, sections)
         check_parallel_layout(cfg, args.tp, source=f"--tp {args.tp}")
@@ -108,7 +113,7 @@ def from_hf(args) -> None:
         if src.nvembed is not None:  # the trained head too
             head, expected = head_from_hf(src.state_dict), {k for k in full if k.startswith(HEAD_PREFIX)}
             if head.keys() != expected:
-                raise KeyError(f"{src.description}: head weights do not match pooling={cfg.pooling.type}: "
+                raise UserError(f"{src.description}: head weights do not match pooling={cfg.pooling.type}: "
                                f"missing {sorted(expected - head.keys())[:8]}, unexpected {sorted(head.keys() - expected)[:8]}")
             full.update(head)
         model.load_full_state_dict(full, source=src.description)
@@ -120,6 +125,7 @@ def from_hf(args) -> None:
               f"built with TP={tp} (restores under any TP dividing the head counts)")
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = extra
+    checks.positive("--tp", args.tp)
+    checks.output_file(args.out, "--out")
     if args.cmd == "from-hf":
         from_hf(args)
 

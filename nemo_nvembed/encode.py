@@ -28,6 +28,9 @@ from typing import Iterator
 
 import numpy as np
 
+from nemo_nvembed.checks import paths as checks
+from nemo_nvembed.checks.errors import exit_on_user_error
+
 FIELDS = ("text", "instruction", "id")
 SUFFIXES = (".npy", ".parquet")
 
@@ -120,6 +123,10 @@ class NpyWriter:
         del self.out
         os.replace(self.tmp, self.path)
 
+    def abort(self) -> None:
+        self.__dict__.pop("out", None)
+        Path(self.tmp).unlink(missing_ok=True)
+
 
 class ParquetWriter:
     def __init__(self, path: str, n: int, dim: int, has_ids: bool):
@@ -142,7 +149,14 @@ class ParquetWriter:
         self.writer.close()
         os.replace(self.tmp, self.path)
 
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            Path(self.tmp).unlink(missing_ok=True)
 
+
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.encode", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,8 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     suffix = Path(args.output).suffix.lower()
     if suffix not in SUFFIXES:
         raise SystemExit(f"{args.output}: output must end in {' or '.join(SUFFIXES)}")
-    if args.chunk_size < 1:
-        raise SystemExit(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    for option in ("batch_size", "chunk_size", "tp") + (("max_length",) if args.max_length is not None else ()):
+        checks.positive("--" + option.replace("_", "-"), getattr(args, option))
+    checks.input_file(args.model, "--model")
+    checks.input_file(args.input, "--input")
+    checks.output_file(args.output, "--output")
     n, has_ids = scan(args.input)  # every line valid before the model loads
 
     from tqdm.auto import tqdm
@@ -173,6 +190,19 @@ def main(argv: list[str] | None = None) -> None:
     if distributed.is_global_rank_zero():
         writer = (NpyWriter if suffix == ".npy" else ParquetWriter)(args.output, n, dim, has_ids)
     bar = tqdm(total=n, desc="encode", unit="text", disable=not distributed.is_global_rank_zero())
+    try:
+        _encode_chunks(args, model, writer, bar, dim, has_ids)
+    except BaseException:
+        if writer is not None:  # no partial output: the temporary goes
+            writer.abort()
+        raise
+    bar.close()
+    if writer is not None:
+        writer.close()
+        print(f"wrote {args.output}: {n} x {dim} float32")
+
+
+def _encode_chunks(args, model, writer, bar, dim: int, has_ids: bool) -> None:
     for first, chunk in iter_chunks(args.input, args.chunk_size):
         groups: dict[str | None, list[int]] = defaultdict(list)
         for i, (_, instr, _) in enumerate(chunk):
@@ -186,10 +216,6 @@ def main(argv: list[str] | None = None) -> None:
         if writer is not None:
             ids = [r[2] for r in chunk] if has_ids else list(range(first, first + len(chunk)))
             writer.write(first - 1, ids, out)
-    bar.close()
-    if writer is not None:
-        writer.close()
-        print(f"wrote {args.output}: {n} x {dim} float32")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
-from nemo_nvembed.training.objective import chunking
+from nemo_nvembed.training import chunking
 from nemo_nvembed.parallel import distributed
 from nemo_nvembed.data.jsonl import Example
 from nemo_nvembed.data.sampler import GlobalBatchSampler

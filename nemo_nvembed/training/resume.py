@@ -1,7 +1,7 @@
 """Which checkpoint a (re)launched stage resumes from: the newest one whose manifest verifies.
 
 ``resume: auto`` (conf/stage*.yaml): resume from the newest verified checkpoint in the run
-folder's ``checkpoints/``, naming every newer one skipped and why; a folder that holds checkpoints
+folder's ``checkpoints/``, naming every one skipped and why (renamed ``*.damaged``); a folder that holds checkpoints
 none of which verifies is an error, never a silent restart from step 0. ``resume: fresh``: start
 from step 0 on purpose; earlier checkpoints are moved aside to ``checkpoints-replaced-<time>/``
 (kept, and out of the way of later resumes). Leftover temporaries of killed saves are removed
@@ -19,6 +19,7 @@ from nemo_nvembed.models.config import ConfigError
 from nemo_nvembed.training.checkpoint_io import MANIFEST_SUFFIX, TMP_MARK, verify
 
 RESUME_MODES = ("auto", "fresh")
+DAMAGED_SUFFIX = ".damaged"  # a skipped checkpoint, kept for inspection
 UNFINISHED_SUFFIX = "-unfinished"  # NeMo's marker of a save in progress (NeMoModelCheckpoint)
 
 
@@ -76,8 +77,11 @@ def choose(ckpt_dir: str | Path, mode: str) -> ResumeDecision:
                               f"relaunch with resume=fresh to train from step 0 (they are kept, moved aside)")
         return ResumeDecision(None, notes=notes)
     step, _, best = max(verified, key=lambda v: (v[0], v[1]))
-    for c, why in skipped:
-        notes.append(f"skipped {c.name}: {why}")
+    for c, why in skipped:  # kept for inspection, renamed out of every *.ckpt search and file name
+        for p in (c, Path(f"{c}{MANIFEST_SUFFIX}")):
+            if p.exists():
+                p.rename(p.with_name(p.name + DAMAGED_SUFFIX))
+        notes.append(f"skipped {c.name}: {why}; renamed to {c.name}{DAMAGED_SUFFIX}")
     for s, is_last, c in verified:
         if is_last and c != best:  # an older "-last" a killed save left behind: superseded
             for p in (c, Path(f"{c}{MANIFEST_SUFFIX}")):
