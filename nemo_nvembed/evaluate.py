@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from nemo_nvembed.checks.errors import exit_on_user_error
+
 
 @dataclass
 class BEIRData:
@@ -81,6 +83,7 @@ def score(model, data: BEIRData, instruction: str | None, batch_size: int = 32, 
             "queries": len(data.query_ids), "corpus": len(data.corpus_ids)}
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,9 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--tp", type=int, default=1)
     args = p.parse_args(argv)
+    from nemo_nvembed.checks import paths as checks
     from nemo_nvembed.parallel import distributed
     from nemo_nvembed.models.nvembed import NVEmbedModel
 
+    checks.positive("--batch-size", args.batch_size)
+    checks.positive("--tp", args.tp)
+    checks.input_file(args.model, "--model")
     data = load_beir(args.beir, args.split)
     model = NVEmbedModel.load(args.model, tp=args.tp)
     result = score(model, data, args.instruction, args.batch_size, args.precision, progress=True)

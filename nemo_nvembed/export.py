@@ -33,6 +33,8 @@ import sys
 
 import torch
 
+from nemo_nvembed.checks import paths as checks
+from nemo_nvembed.checks.errors import exit_on_user_error
 from nemo_nvembed.parallel import distributed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -192,6 +194,7 @@ def export_hf(model, out: str, dtype: torch.dtype = torch.float32) -> None:
     distributed.barrier()
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.cmd == "hf":
         from nemo_nvembed.models.nvembed import NVEmbedModel
+
+        checks.input_file(args.model, "--model")
+        checks.new_output_folder(args.out, "--out")
+        if args.tp is not None:
+            checks.positive("--tp", args.tp)
 
         tp = args.tp or distributed.read_env().world_size
         model = NVEmbedModel.load(args.model, tp=tp)

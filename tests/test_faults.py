@@ -240,3 +240,15 @@ def test_skipped_steps_on_2_ranks_apply_no_update_and_stop_past_the_limit(tmp_pa
     init = nemo_weights(tiny_nemo)
     for k, v in saved["state_dict"].items():
         torch.testing.assert_close(v, init[k], rtol=0, atol=0, msg=lambda m: f"{k} changed on a skipped step: {m}")
+
+
+def test_stale_nemo_unfinished_marker_of_a_verified_checkpoint_is_removed(tmp_path):
+    """Killed after our manifest but before NeMo removed its ``-unfinished`` marker: the checkpoint is
+    whole; NeMo's callback would delete it at start-up if the marker stayed."""
+    from nemo_nvembed.training import resume
+
+    _save(tmp_path, 2)
+    marker = tmp_path / "s--step=2-last.ckpt-unfinished"
+    marker.touch()
+    decision = resume.choose(tmp_path, "auto")
+    assert decision.step == 2 and not marker.exists()

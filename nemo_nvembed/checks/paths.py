@@ -38,3 +38,16 @@ def output_file(path: str | os.PathLike, what: str) -> Path:
     if p.exists() and not os.access(p, os.W_OK):
         raise UserError(f"{what} {p}: exists and is not writable")
     return p
+
+
+def new_output_folder(path: str | os.PathLike, what: str) -> Path:
+    """A folder to create (or an empty one): its parent exists and is writable."""
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise UserError(f"{what} {p}: exists and is not an empty folder")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{what} {p}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {p}: folder {parent} is not writable")
+    return p

@@ -62,10 +62,13 @@ def choose(ckpt_dir: str | Path, mode: str) -> ResumeDecision:
         return ResumeDecision(None, notes=notes)
     verified, skipped = [], []
     for c in ckpts:
-        if Path(f"{c}{UNFINISHED_SUFFIX}").exists():
-            step, why = None, "NeMo marked its save unfinished"
-        else:
-            step, why = verify(c)
+        step, why = verify(c)
+        marker = Path(f"{c}{UNFINISHED_SUFFIX}")
+        if why is None and marker.exists():
+            # Killed after our manifest, before NeMo removed its marker: the file is whole (verified), the
+            # marker stale. Removed, or NeMo's checkpoint callback would delete the checkpoint we resume from.
+            marker.unlink()
+            notes.append(f"removed NeMo's stale unfinished marker of {c.name} (its manifest verifies)")
         if why is None:
             verified.append((step, c.name.endswith("-last.ckpt"), c))
         else:
