@@ -169,6 +169,9 @@ class NVEmbedModel(ModelPT):
     def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
         pass  # the training step zeroes them: GradCache back-propagates inside the step
 
+    def on_before_optimizer_step(self, optimizer):
+        self._training.on_before_optimizer_step(self, optimizer)
+
     def configure_optimizers(self):
         return self._training.configure_optimizers(self)
 
