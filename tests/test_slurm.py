@@ -1,4 +1,5 @@
-"""The launch layer on a real one-host Slurm (tests/slurm_cluster.py starts it; nothing is mocked).
+"""The launch layer on a real Slurm on this machine (tests/slurm_cluster.py starts it: the host's
+node plus two nodes in their own network namespaces; nothing is mocked).
 
 CPU overrides make the GPU scripts run here: 2 tasks (gloo), the tiny model, a few steps.
 """
@@ -16,10 +17,13 @@ import pytest
 import torch
 
 from conftest import REPO
-from slurm_cluster import job_state, slurm, wait_job  # noqa: F401  (fixture)
+from slurm_cluster import job_state, slurm, slurm_two_nodes, wait_job  # noqa: F401  (fixtures)
 from test_training import TASKS, last_trace, nemo_weights, tiny_base, write_examples  # noqa: F401
 
 SBATCH_CPU = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=30"]
+# The same world size (2, DP=2) over the two namespace nodes, one task each.
+SBATCH_TWO_NODES = ["--partition=twonode", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
+                    "--gpus-per-node=0", "--time=30"]
 
 
 def overrides(data: Path, steps: int, base: Path | None = None, extra=()):
@@ -31,9 +35,9 @@ def overrides(data: Path, steps: int, base: Path | None = None, extra=()):
     return ([f"init_from={base}"] if base else []) + o
 
 
-def sbatch(script: str, args: list[str], out: Path, sbatch_args=()) -> str:
-    env = dict(os.environ, NVEMBED_OUT=str(out))
-    p = subprocess.run(["sbatch", "--parsable", *SBATCH_CPU, f"--output={out}/%x-%j.out", *sbatch_args, script, *args],
+def sbatch(script: str, args: list[str], out: Path, sbatch_args=(), resources=SBATCH_CPU, **env_vars) -> str:
+    env = dict(os.environ, NVEMBED_OUT=str(out), **env_vars)
+    p = subprocess.run(["sbatch", "--parsable", *resources, f"--output={out}/%x-%j.out", *sbatch_args, script, *args],
                        capture_output=True, text=True, cwd=REPO, env=env, check=True)
     return p.stdout.strip().split(";")[0]
 
@@ -93,6 +97,49 @@ def test_preempted_job_requeues_resumes_and_matches(slurm, tmp_path, tiny_base):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
     assert last_trace(straight / "stage1") == last_trace(pre / "stage1")
+
+
+def test_two_nodes_equal_one_node_through_a_preemption(slurm_two_nodes, tmp_path, tiny_base):
+    """``sbatch --nodes 2 launch/stage1.sh``: data-parallel over two hosts (their own hostnames and
+    addresses), rendezvous from the allocation; USR1 mid-run checkpoints and requeues it, and the
+    resumed two-node job ends bit-equal to an uninterrupted one-node run of the same world size
+    (so equal to an uninterrupted two-node run too). Both jobs run at once."""
+    start = time.time()
+    data = tmp_path / "train.jsonl"
+    write_examples(data, n=64)
+    steps = 30
+    heavier = ["train.data.global_batch_size=16", "train.data.doc_max_length=64"]  # slower steps: time to signal
+    one, two = tmp_path / "one_node", tmp_path / "two_nodes"
+    one.mkdir()
+    two.mkdir()
+    # One thread per process in both: otherwise Lightning gives each process cpus // tasks-per-node
+    # threads (1 on one node, 2 on each of two), and fp32 matmuls sum in another order (~3e-8).
+    jid1 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), one, OMP_NUM_THREADS="1")
+    jid2 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), two, resources=SBATCH_TWO_NODES,
+                  OMP_NUM_THREADS="1")
+    trace = two / "stage1" / "samples" / "rank0.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (trace.exists() and len(trace.read_text().splitlines()) >= 6):
+        time.sleep(0.2)
+    assert trace.exists(), job_log(two, jid2)[-3000:]
+    subprocess.run(["scancel", "--signal=USR1", jid2], check=True)
+    assert wait_job(jid1, timeout=600) == "COMPLETED", job_log(one, jid1)[-3000:]
+    assert wait_job(jid2, timeout=600) == "COMPLETED", job_log(two, jid2)[-4000:]
+    state, restarts = job_state(jid2)
+    log = job_log(two, jid2)
+    assert restarts >= 1 and "requeueing job" in log, log[-4000:]
+    assert "[preemption] signal received: saved a checkpoint" in log
+    assert "on 2 node(s), 2 task(s); master nvnode1:" in log, log[-3000:]
+    resolved = (two / "stage1" / "resolved_config.yaml").read_text()
+    assert "num_nodes: 2" in resolved and "devices: 1" in resolved, resolved
+
+    a = nemo_weights(one / "stage1" / "stage1.nemo")
+    b = nemo_weights(two / "stage1" / "stage1.nemo")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    assert last_trace(one / "stage1") == last_trace(two / "stage1")
+    print(f"\n[two nodes] one-node + preempted two-node jobs: {time.time() - start:.0f}s")
 
 
 def test_hydra_multirun_sweep_through_submitit(slurm, tmp_path, tiny_base):

@@ -129,26 +129,68 @@ def last_trace(run_dir: Path) -> dict:
     return out
 
 
+def worker_pids(run_dir: Path, exclude: int | None = None) -> list[int]:
+    """Live processes whose command line names ``run_dir`` (the launcher and its workers)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in (exclude, os.getpid()):
+            continue
+        try:
+            if str(run_dir) in (d / "cmdline").read_bytes().decode(errors="replace") and alive([int(d.name)]):
+                pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that still run (a zombie, dead but not yet reaped, does not count)."""
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            out.append(pid)
+    return out
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_base):
     data = tmp_path / "train.jsonl"
     write_examples(data, n=40)
     steps = 12
+    # TP=2 through the real trainer: global-norm clipping that really clips, the replica guard at
+    # every checkpoint and at the end (per-rank clipping would make the replicas diverge).
+    tp2 = ["parallel.tensor_model_parallel_size=2", "trainer.gradient_clip_val=0.02"]
     straight = tmp_path / "straight"
-    subprocess.run(torchrun_cmd(straight, tiny_base, data, steps), check=True, capture_output=True, cwd=REPO)
+    subprocess.run(torchrun_cmd(straight, tiny_base, data, steps, tp2), check=True, capture_output=True, cwd=REPO)
 
     resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(torchrun_cmd(resumed, tiny_base, data, steps), cwd=REPO, start_new_session=True,
+    proc = subprocess.Popen(torchrun_cmd(resumed, tiny_base, data, steps, tp2), cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt_dir = resumed / "stage1" / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and not list(ckpt_dir.glob("*step=4*.ckpt")):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # a crash: no chance to clean up
+    workers = worker_pids(resumed, exclude=proc.pid)
+    assert len(workers) >= 2, workers
+    # A crash of the launcher only (torchrun's workers run in their own sessions, outside its
+    # process group): the workers must die with it, not keep training into the run folder.
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and alive(workers):
+        time.sleep(0.1)
+    survivors = alive(workers)
+    for pid in survivors:  # never leave them running, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived their launcher"
+    assert not worker_pids(resumed), "a process still runs in the killed run's folder"
     assert not (resumed / "stage1" / "stage1.nemo").exists(), "the run finished before it could be killed"
     done_before = max(s for (_, s) in last_trace(resumed / "stage1"))
     assert done_before < steps - 1
-    subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps), check=True, capture_output=True, cwd=REPO)
+    subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps, tp2), check=True, capture_output=True, cwd=REPO)
 
     a = nemo_weights(straight / "stage1" / "stage1.nemo")
     b = nemo_weights(resumed / "stage1" / "stage1.nemo")
@@ -159,7 +201,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_base):
     ta, tb = last_trace(straight / "stage1"), last_trace(resumed / "stage1")
     assert ta == tb and sorted({s for (_, s) in ta}) == list(range(steps))
     # Relaunching a finished stage is a no-op.
-    p = subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps), check=True, capture_output=True, text=True, cwd=REPO)
+    p = subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps, tp2), check=True, capture_output=True, text=True, cwd=REPO)
     assert "already finished" in p.stdout
 
 

@@ -252,7 +252,7 @@ def compare(args) -> None:
                 data = tmp / "data" / "stage1.jsonl"
         device = "cuda" if cpu_compat.cuda_available() else "cpu"
         peak = args.peak_tflops or measure_peak_tflops(device)
-        spec = {"model": args.model, "layers": args.layers, "tokenizer": _tokenizer_file(tmp),
+        spec = {"model": args.model, "layers": args.layers, "tokenizer": args.tokenizer or _tokenizer_file(tmp),
                 "data": str(data), "queries": args.queries, "negatives": args.negatives,
                 "query_max_length": args.query_max_length, "doc_max_length": args.doc_max_length,
                 "chunk_size": args.chunk_size, "length_aware": not args.no_length_aware, "grad_cache": args.grad_cache,

@@ -12,13 +12,15 @@ ranks' contributions, so A's gradient is complete and identical on every rank.
 Row-parallel (proj, fc2: input split over TP): A [r, in/tp] is split on its input dim, B [out, r]
 is replicated. Partial ``A_r x_r`` are summed over ranks (``reduce_from_...``: all-reduce forward,
 identity backward) before B, exactly as the base layer reduces its own partial products.
+
+LoRA dropout is :mod:`keyed_dropout`: the mask of an input element depends on its sequence, token
+and full-layout feature only, so TP ranks (and DP layouts, chunkings) draw what one process draws.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.mappings import (
     copy_to_tensor_model_parallel_region,
@@ -27,6 +29,7 @@ from megatron.core.tensor_parallel.mappings import (
     scatter_to_sequence_parallel_region,
 )
 
+from nemo_nvembed.models import keyed_dropout
 from nemo_nvembed.parallel import tp_layout
 
 
@@ -46,30 +49,36 @@ def _local_in_out(module) -> tuple[int, int]:
 
 
 class _LoRAHook:
-    def __init__(self, module, column: bool, scale: float, dropout: float, sequence_parallel: bool):
+    def __init__(self, module, column: bool, scale: float, dropout: float, sequence_parallel: bool, name: str):
         self.column, self.scale, self.sequence_parallel = column, scale, sequence_parallel
-        self.dropout = torch.nn.Dropout(dropout)
+        self.p, self.salt = dropout, keyed_dropout.salt_of(name)  # each adapter draws its own masks
         module.register_forward_hook(self)
 
     def __call__(self, module, args, output):
         x = args[0]  # column: [s(/tp), b, in]; row: [s, b, in/tp]
         out, bias = output
-        self.dropout.train(module.training)
         A, B = module.lora_A, module.lora_B
         if self.column:
             if self.sequence_parallel:  # base layer all-gathers the sequence itself
                 x = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)
-            a = torch.nn.functional.linear(self.dropout(x), A)  # [s, b, r], same on all TP ranks
+            xd = keyed_dropout.dropout(x, self.p, module.training, self.salt)  # same mask on all TP ranks
+            a = torch.nn.functional.linear(xd, A)  # [s, b, r], same on all TP ranks
             a = copy_to_tensor_model_parallel_region(a)
             delta = torch.nn.functional.linear(a, B)  # [s, b, out/tp]
         else:
-            with tensor_parallel.get_cuda_rng_tracker().fork():  # x is split: masks differ per rank
-                xd = self.dropout(x)
+            # x is split on features: this rank's slice of the full-layout mask
+            xd = keyed_dropout.dropout(x, self.p, module.training, self.salt, feature_offset=_tp_rank() * x.shape[-1])
             a = reduce_from_tensor_model_parallel_region(torch.nn.functional.linear(xd, A))  # [s, b, r]
             delta = torch.nn.functional.linear(a, B)  # [s, b, out]
             if self.sequence_parallel:
                 delta = scatter_to_sequence_parallel_region(delta)
         return out + self.scale * delta.to(out.dtype), bias
+
+
+def _tp_rank() -> int:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_rank() if ps.model_parallel_is_initialized() else 0
 
 
 def apply_lora(backbone: torch.nn.Module, lora_cfg) -> list[str]:
@@ -78,6 +87,8 @@ def apply_lora(backbone: torch.nn.Module, lora_cfg) -> list[str]:
         p.requires_grad_(False)
     if not lora_cfg.enabled:
         return []
+    if lora_cfg.dropout:
+        keyed_dropout.keep_keys_through_recompute()
     targets = set(lora_cfg.target_modules)
     scale = lora_cfg.alpha / lora_cfg.rank
     attached = []
@@ -96,7 +107,7 @@ def apply_lora(backbone: torch.nn.Module, lora_cfg) -> list[str]:
         module.lora_A = tp_layout.mark(torch.nn.Parameter(A), None if column else 1)
         module.lora_B = tp_layout.mark(torch.nn.Parameter(B), 0 if column else None, chunks=2 if fc1 else 1)
         sp = bool(getattr(module, "sequence_parallel", False))
-        module._nvembed_lora = _LoRAHook(module, column, scale, lora_cfg.dropout, sp)
+        module._nvembed_lora = _LoRAHook(module, column, scale, lora_cfg.dropout, sp, name)
         attached.append(name)
     if not attached:
         raise ValueError(f"lora.target_modules {sorted(targets)} matched no module of the backbone")

@@ -172,6 +172,12 @@ class NVEmbedModel(ModelPT):
     def on_before_optimizer_step(self, optimizer):
         self._training.on_before_optimizer_step(self, optimizer)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # trainer.gradient_clip_val, by the global norm over TP x DP (Lightning's would clip per rank).
+        norm = self.trainer.strategy.clip_gradients(gradient_clip_val, gradient_clip_algorithm)
+        if norm is not None:
+            self.log("grad_norm", norm, batch_size=1)
+
     def configure_optimizers(self):
         return self._training.configure_optimizers(self)
 

@@ -71,9 +71,31 @@ def _first_slurm_host(nodelist: str) -> str:
     return nodelist.split(",")[0].split("[")[0]
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent (torchrun's agent, srun's step daemon)
+    dies, so that a killed launcher leaves no worker training and writing checkpoints. torchrun
+    starts workers in their own sessions: killing the launcher's process group misses them."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def init_process_group(backend: str | None = None) -> DistEnv:
-    """Initialise torch.distributed once (NCCL with CUDA, gloo otherwise)."""
+    """Initialise torch.distributed once (NCCL with CUDA, gloo otherwise). A launched worker
+    (torchrun or srun) dies with its launcher (:func:`die_with_parent`)."""
     env = read_env()
+    if env.launcher != "none":
+        die_with_parent()
     if dist.is_initialized():
         return env
     backend = backend or ("nccl" if cpu_compat.cuda_available() else "gloo")

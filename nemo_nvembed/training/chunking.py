@@ -10,9 +10,11 @@ bound that does not grow with the batch or its longest text). Without ``length_a
 consecutive runs of ``chunk_size`` in batch order. The embeddings are scattered back to the batch
 order, so the loss sees exactly the same examples either way.
 
-Each chunk's random draws (LoRA dropout) are reseeded from (seed, step, group, chunk): the
-GradCache second pass replays the first pass's dropout exactly, and a resumed run replays an
-uninterrupted one's.
+Each chunk's random draws are reseeded from (seed, step, group, chunk), and LoRA dropout is keyed
+(:mod:`nemo_nvembed.models.keyed_dropout`) by (seed, step, group, the sequence's position in the
+global batch): the GradCache second pass replays the first pass's dropout exactly, a resumed run
+replays an uninterrupted one's, and TP x DP layouts and chunkings draw what one process with the
+whole batch draws.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nemo_nvembed.models import keyed_dropout
 from nemo_nvembed.parallel import distributed
 
 
@@ -70,17 +73,27 @@ def token_counts(attention_mask: torch.Tensor, chunks: list[Chunk]) -> tuple[int
     return real, padded
 
 
-def embed_chunk(model, batch, chunk: Chunk, seed: int, step: int, salt: int) -> torch.Tensor:
+def global_keys(seed: int, step: int, group: int, local_index: torch.Tensor, local_size: int) -> torch.Tensor:
+    """Dropout keys of local sequences: the DP split is contiguous (rank r holds global positions
+    [r * local_size, (r + 1) * local_size)), so the key names the sequence in the global batch."""
+    base = keyed_dropout.key_of(seed, step, group)
+    pos = local_index.to(torch.int64) + (distributed.dp_rank() if distributed.is_initialized() else 0) * local_size
+    return keyed_dropout.mix32(pos ^ base)
+
+
+def embed_chunk(model, batch, chunk: Chunk, seed: int, step: int, salt: int, group: int = 0) -> torch.Tensor:
     distributed.reseed_for_step(seed, step, salt)
     idx, s = chunk.index, chunk.length
     dev = next(model.parameters()).device
-    return model(batch.input_ids[idx, :s].to(dev), batch.attention_mask[idx, :s].to(dev),
-                 batch.pool_mask[idx, :s].to(dev))  # [c, d]
+    keys = global_keys(seed, step, group, idx, batch.input_ids.shape[0])
+    with keyed_dropout.sequence_keys(keys):
+        return model(batch.input_ids[idx, :s].to(dev), batch.attention_mask[idx, :s].to(dev),
+                     batch.pool_mask[idx, :s].to(dev))  # [c, d]
 
 
 def embed(model, batch, chunks: list[Chunk], seed: int, step: int, group: int) -> torch.Tensor:
     """All chunks' embeddings in batch order, [n, d] (differentiable when grad is enabled)."""
-    outs = [embed_chunk(model, batch, c, seed, step, group * 100_003 + i) for i, c in enumerate(chunks)]
+    outs = [embed_chunk(model, batch, c, seed, step, group * 100_003 + i, group) for i, c in enumerate(chunks)]
     order = torch.cat([c.index for c in chunks])  # [n]: batch position of each stacked row
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order))
@@ -91,5 +104,5 @@ def backward_chunks(model, batch, chunks: list[Chunk], grad: torch.Tensor, seed:
     """GradCache's second pass: re-run each chunk with gradients and back-propagate its cached
     embedding gradient (``grad``: [n, d] in batch order)."""
     for i, c in enumerate(chunks):
-        e = embed_chunk(model, batch, c, seed, step, group * 100_003 + i)  # same draws as the first pass
+        e = embed_chunk(model, batch, c, seed, step, group * 100_003 + i, group)  # same draws as the first pass
         e.backward(grad[c.index.to(grad.device)].to(e.dtype))

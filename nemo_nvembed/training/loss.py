@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+from nemo_nvembed.parallel.gather import all_gather as differentiable_all_gather
 
 
 @dataclass

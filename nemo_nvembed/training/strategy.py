@@ -5,6 +5,11 @@
   summed over the *data-parallel group only* (TP ranks hold different shards). The loss of
   :mod:`nemo_nvembed.training.loss` is normalised by the global batch size, so the SUM gives exactly the
   gradient of the full-batch mean loss (Tevatron issue 143's pitfall).
+- Gradient clipping (``trainer.gradient_clip_val``) is by the true global norm over TP x DP
+  (:mod:`grad_clip`), after the DP SUM, so every rank applies the same scale; the model's
+  ``configure_gradient_clipping`` hook delegates here instead of Lightning's per-rank clipping.
+- The replica guard (:mod:`replica_guard`) compares replicated parameters across the TP and DP
+  groups at every checkpoint save and at the end of training.
 - Checkpoints are TP-independent: trainable parameters and their Adam moments are stored in the
   full (TP=1) layout (:mod:`tp_layout`); the frozen backbone is not repeated in every checkpoint
   (it comes from ``init_from``).
@@ -20,6 +25,7 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 
 from nemo_nvembed.parallel import distributed, tp_layout
+from nemo_nvembed.training import grad_clip, replica_guard
 
 
 def sum_gradients(params, group) -> None:
@@ -33,6 +39,11 @@ def sum_gradients(params, group) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def clip_gradients_globally(params, max_norm: float) -> torch.Tensor:
+    """Clip the (DP-reduced) gradients of ``params`` to global norm ``max_norm`` over the TP group."""
+    return grad_clip.clip_grad_norm(params, max_norm, distributed.tp_group(), distributed.tp_rank())
 
 
 class MegatronDPStrategy(DDPStrategy):
@@ -64,11 +75,35 @@ class MegatronDPStrategy(DDPStrategy):
         if distributed.dp_size() > 1:
             sum_gradients(self.lightning_module.parameters(), distributed.dp_group())
 
+    def clip_gradients(self, max_norm: float | None, algorithm: str | None) -> torch.Tensor | None:
+        """``trainer.gradient_clip_val`` / ``gradient_clip_algorithm``, rank-consistent (called by the
+        model's ``configure_gradient_clipping`` hook, after :meth:`reduce_gradients`). Returns the
+        global gradient norm before clipping (None when clipping is off)."""
+        if not max_norm:
+            return None
+        params = [p for p in self.lightning_module.parameters() if p.requires_grad]
+        if algorithm not in (None, "norm"):
+            if algorithm != "value":
+                raise ValueError(f"trainer.gradient_clip_algorithm={algorithm!r}: use norm or value")
+            torch.nn.utils.clip_grad_value_(params, max_norm)  # element-wise: the same on every replica
+            return None
+        return clip_gradients_globally(params, max_norm)
+
+    # ---------------------------------------------------------------- replica guard
+    def check_replicas(self, where: str = "") -> None:
+        replica_guard.check_replicas(self.lightning_module.named_parameters(), self.lightning_module.trainer.global_step,
+                                     distributed.tp_group(), distributed.dp_group(), where)
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self.check_replicas(" (end of training)")
+
     # ---------------------------------------------------------------- TP-independent checkpoints
     def _trainable(self):
         return [(n, p) for n, p in self.lightning_module.named_parameters() if p.requires_grad]
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
+        self.check_replicas(" (checkpoint save)")  # collective, like the gathers below
         return {tp_layout.canonical(n): tp_layout.gather_tensor(n, p).cpu() for n, p in self._trainable()}
 
     def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
