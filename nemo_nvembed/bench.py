@@ -9,8 +9,10 @@ import json
 import sys
 
 from nemo_nvembed.benchmark import runner
+from nemo_nvembed.checks.errors import exit_on_user_error
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.bench", description=runner.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

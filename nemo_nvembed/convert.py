@@ -25,7 +25,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nemo_nvembed.checks import paths as checks
+from nemo_nvembed.checks.errors import exit_on_user_error
 
+
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = extra
+    checks.positive("--tp", args.tp)
+    checks.output_file(args.out, "--out")
     if args.cmd == "from-hf":
         from nemo_nvembed.interop.from_hf import from_hf
 

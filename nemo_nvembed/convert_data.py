@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from nemo_nvembed.checks.errors import exit_on_user_error
 from nemo_nvembed.paths import CONF
 from nemo_nvembed.prep import nonretrieval
 
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     return nonretrieval.convert(_parser().parse_args(argv))
 

@@ -8,10 +8,12 @@ import argparse
 import os
 import sys
 
+from nemo_nvembed.checks.errors import exit_on_user_error
 from nemo_nvembed.paths import CONF
 from nemo_nvembed.recipes import demo
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.demo", description=demo.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

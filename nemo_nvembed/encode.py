@@ -22,9 +22,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from nemo_nvembed.checks import paths as checks
+from nemo_nvembed.checks.errors import exit_on_user_error
+
 SUFFIXES = (".npy", ".parquet")
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.encode", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,8 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     suffix = Path(args.output).suffix.lower()
     if suffix not in SUFFIXES:
         raise SystemExit(f"{args.output}: output must end in {' or '.join(SUFFIXES)}")
-    if args.chunk_size < 1:
-        raise SystemExit(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    for option in ("batch_size", "chunk_size", "tp") + (("max_length",) if args.max_length is not None else ()):
+        checks.positive("--" + option.replace("_", "-"), getattr(args, option))
+    checks.input_file(args.model, "--model")
+    checks.input_file(args.input, "--input")
+    checks.output_file(args.output, "--output")
     from nemo_nvembed.inference.encode_file import encode_file
 
     encode_file(args.model, args.input, args.output, suffix, args.batch_size, args.max_length, args.precision,

@@ -12,7 +12,10 @@ import argparse
 import json
 import sys
 
+from nemo_nvembed.checks.errors import exit_on_user_error
 
+
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,11 +27,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--tp", type=int, default=1)
     args = p.parse_args(argv)
+    from nemo_nvembed.checks import paths as checks
     from nemo_nvembed.data.beir import load_beir
     from nemo_nvembed.eval.beir import score
     from nemo_nvembed.models.nvembed import NVEmbedModel
     from nemo_nvembed.parallel import distributed
 
+    checks.positive("--batch-size", args.batch_size)
+    checks.positive("--tp", args.tp)
+    checks.input_file(args.model, "--model")
     data = load_beir(args.beir, args.split)
     model = NVEmbedModel.load(args.model, tp=args.tp)
     result = score(model, data, args.instruction, args.batch_size, args.precision, progress=True)

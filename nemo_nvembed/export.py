@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nemo_nvembed.checks import paths as checks
+from nemo_nvembed.checks.errors import exit_on_user_error
 from nemo_nvembed.interop import hf_export
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.export", description=hf_export.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,6 +26,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="text_config._name_or_path, e.g. the Hub id the folder will have (default: the output folder)")
     args = p.parse_args(argv)
     if args.cmd == "hf":
+        checks.input_file(args.model, "--model")
+        checks.new_output_folder(args.out, "--out")
+        if args.tp is not None:
+            checks.positive("--tp", args.tp)
         hf_export.export_nemo(args.model, args.out, args.tp, args.dtype, args.name_or_path)
 
 

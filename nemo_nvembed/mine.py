@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 
+from nemo_nvembed.checks.errors import exit_on_user_error
 from nemo_nvembed.paths import CONF
 from nemo_nvembed.prep import mining
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> mining.MineSummary:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.mine", description=mining.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

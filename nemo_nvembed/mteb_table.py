@@ -14,9 +14,11 @@ import json
 import sys
 from pathlib import Path
 
+from nemo_nvembed.checks.errors import exit_on_user_error
 from nemo_nvembed.paths import CONF
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.mteb_table", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nemo_nvembed.checks.errors import exit_on_user_error
 from nemo_nvembed.paths import CONF
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.prepare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,7 +3,7 @@
 Hydra composes ``conf/<config-name>.yaml`` with the overrides; :func:`nemo_nvembed.training.stage.run`
 validates it against the stage schema and runs the stage.
 
-Relaunching the same command resumes from the last checkpoint; once the stage's ``.nemo`` exists,
+Relaunching the same command resumes from the newest verified checkpoint; once the stage's ``.nemo`` exists,
 relaunching is a no-op.
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ def run(cfg):
 def main() -> None:
     from nemo.core.config import hydra_runner
 
-    hydra_runner(config_path="../conf", config_name="stage1")(run)()
+    from nemo_nvembed.checks.errors import exit_on_user_error
+
+    hydra_runner(config_path="../conf", config_name="stage1")(exit_on_user_error(run))()
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def test_over_max_length_is_counted_per_field(tmp_path, registry):
 
 
 def test_collect_mode_lists_every_bad_line(tmp_path, registry):
-    rows = [ex(), ex(task="NQQ"), "{oops", ex(pos=" "), ex()]
+    rows = [ex(), ex(task="NQQ"), "{oops", ex(pos=" "), ex(query="who wrote that")]  # last: not a duplicate of line 1
     path = write(tmp_path, rows)
     with pytest.raises(DataError) as info:
         load(path, registry, on_error="collect")

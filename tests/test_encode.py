@@ -88,5 +88,7 @@ def test_parquet_ids(tiny_nemo, reference, tmp_path):
 ])
 def test_errors_before_the_model_loads(tmp_path, lines, output, message):
     inp = write(tmp_path / "in.jsonl", lines)
+    model = tmp_path / "never_loaded.nemo"  # exists (paths are checked first) but is no model: loading it would fail otherwise
+    model.write_text("not a model\n")
     with pytest.raises(SystemExit, match=message):
-        encode.main(["--model", str(tmp_path / "absent.nemo"), "--input", str(inp), "--output", str(tmp_path / output)])
+        encode.main(["--model", str(model), "--input", str(inp), "--output", str(tmp_path / output)])

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.jsonl_io import iter_lines
 from nemo_nvembed.data.tasks import TaskRegistry, close_matches
 
@@ -47,7 +48,7 @@ TEXT_FIELDS = ("query", "pos", "neg")
 MAX_LISTED_ERRORS = 20
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Invalid training data. `errors` holds one entry per bad line in collect mode."""
 
     def __init__(self, message: str, errors: Optional[List["DataError"]] = None, summary=None):
@@ -100,6 +101,8 @@ class LoadSummary:
     negatives_padded: int = 0  # repeated slots, masked by the loss
     max_length: Optional[int] = None
     over_max_length: Dict[str, int] = field(default_factory=lambda: {f: 0 for f in TEXT_FIELDS})
+    duplicates: int = 0  # examples identical to an earlier line (all fields)
+    duplicates_policy: str = "error"  # what happened to them: error (refused) | drop
 
     def format(self) -> str:
         rows = [
@@ -114,6 +117,8 @@ class LoadSummary:
             f"{self.negatives_resampled} draws with replacement",
             f"  padded label negatives     {self.examples_padded} examples, "
             f"{self.negatives_padded} repeated slots (masked by the loss)",
+            f"  duplicate examples         {self.duplicates}"
+            + (" (dropped)" if self.duplicates_policy == "drop" else " (refused)" if self.duplicates else ""),
         ]
         if self.max_length is not None:
             over = ", ".join(f"{k} {v}" for k, v in self.over_max_length.items())
@@ -171,6 +176,7 @@ def load_examples(
     count_tokens: Optional[Callable[[str], int]] = None,
     max_length: Optional[int] = None,
     on_error: str = "raise",
+    duplicates: str = "error",
 ) -> LoadResult:
     """Read and validate a training JSONL file (format in the module docstring).
 
@@ -179,6 +185,8 @@ def load_examples(
     prefix); those texts are truncated later by the tokenizer, this only reports them.
     Negatives are counted after truncation to num_negatives and before resampling.
     on_error: "raise" (stop at the first bad line) or "collect" (one DataError listing all).
+    duplicates: an example identical to an earlier line (every field) is a bad line ("error", naming
+    both lines) or is dropped ("drop"); counted in the summary either way.
     """
     path = Path(path)
     if num_negatives < 1:
@@ -187,10 +195,14 @@ def load_examples(
         raise ValueError("give count_tokens and max_length together, or neither")
     if on_error not in ("raise", "collect"):
         raise ValueError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
+    if duplicates not in ("error", "drop"):
+        raise ValueError(f"duplicates must be 'error' or 'drop', got {duplicates!r}")
     if not path.is_file():
         raise DataError(f"{path}: training data file not found")
+    first_line: Dict[bytes, int] = {}  # digest of an example's fields -> the line it first appeared on
 
-    summary = LoadSummary(path=str(path), num_negatives=num_negatives, max_length=max_length)
+    summary = LoadSummary(path=str(path), num_negatives=num_negatives, max_length=max_length,
+                          duplicates_policy=duplicates)
     examples: List[Example] = []
     errors: List[DataError] = []
     has_ids: Optional[Tuple[bool, int]] = None  # (file uses ids, line that decided it)
@@ -222,6 +234,15 @@ def load_examples(
                     f"ids must be given on every line or on none: line {has_ids[1]} {which} "
                     "pos_id/neg_ids but this line differs",
                 )
+            key = hashlib.blake2b(json.dumps([ex.task, ex.query, ex.pos, ex.neg, ex.pos_id, ex.neg_ids]).encode(),
+                                  digest_size=16).digest()
+            if key in first_line:
+                summary.duplicates += 1
+                if duplicates == "drop":
+                    continue
+                raise _line_error(path, line, None, f"duplicate of line {first_line[key]} (every field identical; "
+                                                    "train.data.duplicates=drop drops such lines, counted)")
+            first_line[key] = line
         except DataError as e:
             summary.refused += 1
             if on_error == "raise":

@@ -19,6 +19,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Union
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nemo_nvembed.checks.errors import UserError
+
 
 class TaskKind(str, Enum):
     """How a task's contrastive pairs are built (NV-Embed section 4.2)."""
@@ -59,7 +61,7 @@ class Task:
     eval_instruction: str
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(UserError):
     """The registry file is invalid; the message names the file and the key."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -84,6 +85,10 @@ class NpyWriter:
         del self.out
         os.replace(self.tmp, self.path)
 
+    def abort(self) -> None:
+        self.__dict__.pop("out", None)
+        Path(self.tmp).unlink(missing_ok=True)
+
 
 class ParquetWriter:
     def __init__(self, path: str, n: int, dim: int, has_ids: bool):
@@ -106,6 +111,12 @@ class ParquetWriter:
         self.writer.close()
         os.replace(self.tmp, self.path)
 
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            Path(self.tmp).unlink(missing_ok=True)
+
 
 def encode_file(model_path: str, path: str, output: str, suffix: str, batch_size: int, max_length: int | None,
                 precision: str, tp: int, chunk_size: int) -> None:
@@ -122,6 +133,20 @@ def encode_file(model_path: str, path: str, output: str, suffix: str, batch_size
     if distributed.is_global_rank_zero():
         writer = (NpyWriter if suffix == ".npy" else ParquetWriter)(output, n, dim, has_ids)
     bar = tqdm(total=n, desc="encode", unit="text", disable=not distributed.is_global_rank_zero())
+    try:
+        _encode_chunks(model, path, writer, bar, dim, has_ids, batch_size, max_length, precision, chunk_size)
+    except BaseException:
+        if writer is not None:  # no partial output: the temporary goes
+            writer.abort()
+        raise
+    bar.close()
+    if writer is not None:
+        writer.close()
+        print(f"wrote {output}: {n} x {dim} float32")
+
+
+def _encode_chunks(model, path: str, writer, bar, dim: int, has_ids: bool, batch_size: int, max_length: int | None,
+                   precision: str, chunk_size: int) -> None:
     for first, chunk in iter_chunks(path, chunk_size):
         groups: dict[str | None, list[int]] = defaultdict(list)
         for i, (_, instr, _) in enumerate(chunk):
@@ -135,7 +160,3 @@ def encode_file(model_path: str, path: str, output: str, suffix: str, batch_size
         if writer is not None:
             ids = [r[2] for r in chunk] if has_ids else list(range(first, first + len(chunk)))
             writer.write(first - 1, ids, out)
-    bar.close()
-    if writer is not None:
-        writer.close()
-        print(f"wrote {output}: {n} x {dim} float32")

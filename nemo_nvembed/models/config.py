@@ -12,6 +12,7 @@ from typing import List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.models.pooling import POOLINGS, pooling_type
 from nemo_nvembed.parallel import DEFAULT_SEED
 
@@ -20,7 +21,7 @@ POOL_SPANS = ("exact", "nvembed_v2")  # models/text.py: which tokens are pooled
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 
 # Keys NeMo's ModelPT adds to a model config on its own; they are not ours to validate.
-_NEMO_KEYS = ("target", "nemo_version", "nvembed_class", "nvembed_format")
+_NEMO_KEYS = ("target", "nemo_version", "nvembed_class", "nvembed_format", "nvembed_weights_sha256")
 
 
 @dataclass
@@ -88,8 +89,8 @@ class ModelConfig:
     seed: int = DEFAULT_SEED
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError):
+    """A configuration value or key is wrong; the message names the file or field."""
 
 
 def validate_model_config(cfg, source: str = "model config", require_complete: bool = True) -> DictConfig:
@@ -134,6 +135,19 @@ def _check_values(cfg: DictConfig, source: str) -> None:
         bad("pool_span", f"{cfg.pool_span!r} is not one of {POOL_SPANS}")
     if "{instruction}" not in cfg.query_template:
         bad("query_template", "must contain '{instruction}'")
+    if cfg.max_length < 2:
+        bad("max_length", f"must be >= 2 (a token of text and EOS), got {cfg.max_length}")
+    if cfg.lora.enabled and cfg.lora.rank < 1:
+        bad("lora.rank", f"must be >= 1, got {cfg.lora.rank}")
+    if not 0 <= cfg.lora.dropout < 1:
+        bad("lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
+    for key in ("num_latents", "num_heads", "ff_mult"):
+        if cfg.pooling[key] < 1:
+            bad(f"pooling.{key}", f"must be >= 1, got {cfg.pooling[key]}")
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
+                "vocab_size", "max_position_embeddings"):
+        if not OmegaConf.is_missing(cfg.backbone, key) and cfg.backbone[key] < 1:
+            bad(f"backbone.{key}", f"must be >= 1, got {cfg.backbone[key]}")
     b = cfg.backbone
     if not OmegaConf.is_missing(b, "num_attention_heads") and not OmegaConf.is_missing(b, "num_query_groups"):
         if b.num_attention_heads % b.num_query_groups:

@@ -169,6 +169,9 @@ class NVEmbedModel(ModelPT):
     def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
         pass  # the training step zeroes them: GradCache back-propagates inside the step
 
+    def on_before_optimizer_step(self, optimizer):
+        self._training.on_before_optimizer_step(self, optimizer)
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # trainer.gradient_clip_val, by the global norm over TP x DP (Lightning's would clip per rank).
         norm = self.trainer.strategy.clip_gradients(gradient_clip_val, gradient_clip_algorithm)

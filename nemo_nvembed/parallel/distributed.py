@@ -195,3 +195,27 @@ def is_global_rank_zero() -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def slurm_job_id() -> str | None:
+    """The Slurm job this process runs in (a requeued job keeps its id), or None outside Slurm."""
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def decided_on_rank0(decide):
+    """Run ``decide()`` on global rank 0 only and hand its result (or its UserError, re-raised) to
+    every rank: for decisions about shared files (run lock, resume checkpoint) all ranks must share."""
+    from nemo_nvembed.checks.errors import UserError
+
+    payload = [None]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            payload = [("ok", decide())]
+        except UserError as e:
+            payload = [("error", e)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(payload, src=0)
+    kind, value = payload[0]
+    if kind == "error":
+        raise value
+    return value

@@ -34,6 +34,7 @@ class DataConfig:
     query_max_length: int = 512
     doc_max_length: int = 512
     seed: int = DEFAULT_SEED
+    duplicates: str = "error"  # repeated (task, query, pos, neg) examples: error (naming the lines) | drop (counted)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class TrainSection:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     nonfinite_loss: str = "error"  # error: stop naming the step; skip: skip the step, counted
+    max_skipped_fraction: float = 0.01  # skip: the stage stops once more than this fraction of max_steps was skipped
 
 
 def validate_train_config(cfg, source: str = "train config") -> DictConfig:
@@ -94,6 +96,21 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
         raise ConfigError(f"{source}: train.data.weights_from: {merged.data.weights_from!r} is not 'registry' or 'examples'")
     if merged.nonfinite_loss not in ("error", "skip"):
         raise ConfigError(f"{source}: train.nonfinite_loss: {merged.nonfinite_loss!r} is not 'error' or 'skip'")
+    if merged.data.duplicates not in ("error", "drop"):
+        raise ConfigError(f"{source}: train.data.duplicates: {merged.data.duplicates!r} is not 'error' or 'drop'")
+    if not 0 <= merged.max_skipped_fraction < 1:
+        raise ConfigError(f"{source}: train.max_skipped_fraction must be in [0, 1), got {merged.max_skipped_fraction}")
+    for key in ("global_batch_size", "num_negatives", "query_max_length", "doc_max_length"):
+        if merged.data[key] < 1:
+            raise ConfigError(f"{source}: train.data.{key} must be >= 1, got {merged.data[key]}")
+    if not merged.optim.lr > 0:
+        raise ConfigError(f"{source}: train.optim.lr must be > 0, got {merged.optim.lr}")
+    if merged.optim.min_lr < 0 or merged.optim.min_lr > merged.optim.lr:
+        raise ConfigError(f"{source}: train.optim.min_lr must be in [0, train.optim.lr], got {merged.optim.min_lr}")
+    if merged.optim.warmup_steps < 0 or merged.optim.eps <= 0 or merged.optim.weight_decay < 0:
+        raise ConfigError(f"{source}: train.optim: warmup_steps and weight_decay must be >= 0 and eps > 0")
+    if merged.validation.every_n_steps < 1 or merged.validation.batch_size < 1:
+        raise ConfigError(f"{source}: train.validation.every_n_steps and batch_size must be >= 1")
     if merged.loss.temperature <= 0:
         raise ConfigError(f"{source}: train.loss.temperature must be > 0")
     if merged.chunking.chunk_size < 0:
@@ -151,8 +168,7 @@ class ExpManagerSection:
     """The ``exp_manager`` keys a stage sets (NeMo's exp_manager receives them as they are); values in the YAML."""
 
     explicit_log_dir: str = MISSING
-    resume_if_exists: bool = MISSING
-    resume_ignore_no_checkpoint: bool = MISSING
+    resume_if_exists: bool = MISSING  # false: resuming is ours (StageConfig.resume, training/resume.py)
     create_tensorboard_logger: bool = MISSING
     create_checkpoint_callback: bool = MISSING
     checkpoint_callback_params: CheckpointCallbackParams = field(default_factory=CheckpointCallbackParams)
@@ -167,6 +183,7 @@ class StageConfig:
     run_root: str = MISSING
     init_from: str = MISSING  # a .nemo: the converted base model (stage 1) or stage 1's result (stage 2)
     output_nemo: str = MISSING
+    resume: str = MISSING  # auto: the newest verified checkpoint | fresh: step 0, old checkpoints moved aside
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # must describe init_from (runtime keys aside)
     train: TrainSection = field(default_factory=TrainSection)
@@ -197,7 +214,25 @@ def validate_stage_config(cfg) -> DictConfig:
         raise ConfigError(f"stage {name}: required values are missing: {', '.join(missing)}")
     validate_model_config(merged.model, source=f"{name}: model", require_complete=False)
     validate_train_config(merged.train, source=f"{name}: train")
+    check_stage_values(merged, source=str(name))
     if merged.trainer.accumulate_grad_batches != 1:
         raise ConfigError("trainer.accumulate_grad_batches must be 1: a step is one global batch (in-batch negatives "
                           "span all of it); use train.chunking.grad_cache=true to fit large batches")
     return merged
+
+
+RESUME_MODES = ("auto", "fresh")
+
+
+def check_stage_values(cfg, source: str) -> None:
+    """Values outside ``train``/``model`` that would otherwise fail late or obscurely: the TP size,
+    the stage length, the resume mode. Part of :func:`validate_stage_config`, before anything heavy."""
+    tp = cfg.parallel.tensor_model_parallel_size
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ConfigError(f"{source}: parallel.tensor_model_parallel_size must be an integer >= 1, got {tp!r}")
+    steps = cfg.trainer.max_steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"{source}: trainer.max_steps must be an integer >= 1, got {steps!r} "
+                          f"(a stage of 0 steps would write an untrained .nemo)")
+    if cfg.resume not in RESUME_MODES:
+        raise ConfigError(f"{source}: resume: {cfg.resume!r} is not one of {RESUME_MODES}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from nemo_nvembed.data.jsonl import Example
@@ -31,12 +32,13 @@ class ContrastiveTraining:
                  seed: int, max_steps: int, trace_dir=None):
         self.train_cfg, self.registry, self.examples = train_cfg, registry, examples
         self._sampler, self._max_steps = sampler, max_steps
+        self._skip_update = False  # the current step was skipped (non-finite loss): no optimizer update
         self._trace = None
         if trace_dir is not None:
             folder = Path(trace_dir) / "samples"
             folder.mkdir(parents=True, exist_ok=True)
             self._trace = open(folder / f"rank{dist.get_rank()}.jsonl", "a", buffering=1)
-        self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size, seed)
+        self.objective = ContrastiveObjective(train_cfg, train_cfg.data.global_batch_size, seed, max_steps)
 
     def close(self) -> None:
         if self._trace is not None:
@@ -55,7 +57,10 @@ class ContrastiveTraining:
         for opt in model.trainer.optimizers:
             opt.zero_grad(set_to_none=True)
         loss, out = self.objective.step(model, batch)
-        if loss is not None and not loss.requires_grad:  # GradCache: gradients are already in place
+        self._skip_update = loss is None
+        if loss is None:  # skipped on every rank: Lightning (under DDP) needs a loss; this one has no gradient
+            loss = torch.zeros((), device=out.global_loss.device, requires_grad=True)
+        elif not loss.requires_grad:  # GradCache: gradients are already in place
             loss = loss.detach().requires_grad_()
         if self._trace is not None:
             self._trace.write(json.dumps({"step": batch.step, "lines": batch.lines}) + "\n")
@@ -69,6 +74,11 @@ class ContrastiveTraining:
                        batch_size=len(batch.pos_keys))
         return loss
 
+    def on_before_optimizer_step(self, model, optimizer) -> None:
+        if self._skip_update:  # a skipped step: no gradient, so AdamW updates nothing (nor its moments)
+            for p in model.parameters():
+                p.grad = None
+
     def configure_optimizers(self, model):
         params = [p for p in model.parameters() if p.requires_grad]
         opt, sched = build_optimizer(params, self.train_cfg.optim, self._max_steps)
@@ -76,10 +86,12 @@ class ContrastiveTraining:
 
     def on_save_checkpoint(self, model, checkpoint):
         checkpoint["sampler"] = self._sampler.state_dict_at(model.trainer.global_step)
+        checkpoint["skipped_nonfinite"] = self.objective.skipped_nonfinite
 
     def on_load_checkpoint(self, model, checkpoint):
         if "sampler" not in checkpoint:
             raise KeyError("training checkpoint has no sampler state: it was not written by nemo_nvembed.train")
         self._sampler.load_state_dict(checkpoint["sampler"])  # refuses a state from other data/seed
+        self.objective.skipped_nonfinite = checkpoint.get("skipped_nonfinite", 0)  # absent: saved before it was counted
         if checkpoint["sampler"]["step"] != checkpoint["global_step"]:
             raise ValueError(f"checkpoint sampler step {checkpoint['sampler']['step']} != global step {checkpoint['global_step']}")

@@ -18,7 +18,9 @@ EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_: scale = max_norm / (norm + EPS)
 def global_grad_norm(params, tp_group=None, tp_rank: int = 0) -> torch.Tensor:
     """L2 norm of the gradients of ``params`` (trainable, with ``.grad``) over the TP group, fp32."""
     grads = [p.grad for p in params if p.requires_grad and p.grad is not None]
-    dev = grads[0].device if grads else torch.device("cpu")
+    # No gradient at all (a skipped non-finite step): the zero norm still goes through the TP all-reduce,
+    # so it must sit on the parameters' device (NCCL takes no CPU tensor).
+    dev = grads[0].device if grads else next((p.device for p in params if p.requires_grad), torch.device("cpu"))
     total = torch.zeros((), dtype=torch.float32, device=dev)
     for p in params:
         if not p.requires_grad or p.grad is None:

@@ -6,6 +6,7 @@ Used by :class:`nemo_nvembed.training.contrastive.ContrastiveTraining`, which th
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from nemo_nvembed.parallel import distributed
 from nemo_nvembed.training import chunking
@@ -22,10 +23,12 @@ class ContrastiveObjective:
     back-propagate the cached embedding gradients, so activation memory is one chunk's whatever
     the batch size. Both modes chunk identically and replay identical dropout, so they give the
     same loss and gradients (tested). ``step`` returns (loss to back-propagate or None, LossOutput).
+    None: the step is skipped (non-finite loss, ``train.nonfinite_loss=skip``) on every rank alike.
     """
 
-    def __init__(self, train_cfg, global_batch_size: int, seed: int):
+    def __init__(self, train_cfg, global_batch_size: int, seed: int, max_steps: int | None = None):
         self.cfg = train_cfg
+        self.max_steps = max_steps
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.skipped_nonfinite = 0
@@ -58,17 +61,34 @@ class ContrastiveObjective:
             q = chunking.embed(model, batch.queries, q_chunks, self.seed, batch.step, 0)  # [b, d]
             d = chunking.embed(model, batch.docs, d_chunks, self.seed, batch.step, 1)  # [b*(1+k), d]
         out = self._loss(q, d, batch)
-        if not torch.isfinite(out.global_loss):  # global: every rank takes the same branch
+        if nonfinite_anywhere(out.global_loss):  # every rank (TP and DP) takes the same branch
             if self.cfg.nonfinite_loss == "error":
                 raise FloatingPointError(
                     f"non-finite loss ({out.global_loss.item()}) at step {batch.step}; set "
                     f"train.nonfinite_loss=skip to skip such steps instead"
                 )
             self.skipped_nonfinite += 1
-            return None, out
+            # max_steps None: a single step outside a stage (benchmarks, tests), no stage budget to check
+            if self.max_steps is not None and self.skipped_nonfinite > self.cfg.max_skipped_fraction * self.max_steps:
+                raise FloatingPointError(
+                    f"{self.skipped_nonfinite} steps skipped for a non-finite loss (the last at step {batch.step}): "
+                    f"more than train.max_skipped_fraction={self.cfg.max_skipped_fraction} of "
+                    f"trainer.max_steps={self.max_steps}; the stage stops (lower the lr, check the data)")
+            if distributed.is_global_rank_zero():
+                print(f"[nonfinite] step {batch.step} skipped: loss {out.global_loss.item()} "
+                      f"({self.skipped_nonfinite} skipped so far)", flush=True)
+            return None, out  # no backward: gradients stay None and the optimizer leaves every weight as it is
         if not c.grad_cache:
             return out.loss, out
         out.loss.backward()  # gradients w.r.t. the cached embeddings (through the cross-rank gather)
         chunking.backward_chunks(model, batch.queries, q_chunks, q.grad, self.seed, batch.step, 0)
         chunking.backward_chunks(model, batch.docs, d_chunks, d.grad, self.seed, batch.step, 1)
         return out.loss.detach(), out
+
+
+def nonfinite_anywhere(loss: torch.Tensor) -> bool:
+    """True on every rank when the loss is non-finite on any rank (one MAX all-reduce)."""
+    flag = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=loss.device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())

@@ -1,9 +1,11 @@
 """One NV-Embed training stage, NeMo's recipe shape: stage config validated (one schema,
 :mod:`nemo_nvembed.training.config`) -> parallel state -> model from ``init_from`` (a .nemo: the
 converted base model for stage 1, stage 1's result for stage 2) -> Trainer with the TP x DP
-strategy -> ``exp_manager`` (TensorBoard, checkpoints, resume) -> ``fit`` -> ``<name>.nemo``.
-Relaunching the same command resumes from the last checkpoint; once the stage's ``.nemo``
-exists, relaunching is a no-op.
+strategy -> ``exp_manager`` (TensorBoard, checkpoints) -> ``fit`` -> ``<name>.nemo``. Config,
+``init_from``'s config and the training data are checked before any weight loads; one run holds
+the run folder at a time (:mod:`run_lock`). Relaunching the same command resumes from the newest
+checkpoint whose manifest verifies (:mod:`resume`, ``resume: auto|fresh``); once the stage's
+``.nemo`` exists, relaunching is a no-op.
 """
 from __future__ import annotations
 
@@ -44,21 +46,14 @@ def check_architecture(saved, wanted, init_from: str) -> None:
 
 
 def run(cfg: DictConfig) -> Path | None:
-    """One stage (``python -m nemo_nvembed.train``): validate the config, restore ``init_from``, fit, save."""
-    import lightning.pytorch as pl
-    from nemo.utils.exp_manager import exp_manager
-
+    """One stage (``python -m nemo_nvembed.train``): validate the config and data, lock the run folder,
+    choose the checkpoint to resume from, restore ``init_from``, fit, save."""
     from nemo_nvembed.data.jsonl import load_examples
-    from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.data.weights import sampling_registry
+    from nemo_nvembed.models.checkpoint import tokenizer_from_nemo
     from nemo_nvembed.models.nvembed import NVEmbedModel
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.training.callbacks import RetrievalValidation
-    from nemo_nvembed.training.contrastive import ContrastiveTraining
-    from nemo_nvembed.training.preemption import PreemptionCheckpoint
-    from nemo_nvembed.training.run_info import write_run_info
-    from nemo_nvembed.training.strategy import MegatronDPStrategy
+    from nemo_nvembed.training.run_lock import RunLock
 
     cfg = validate_stage_config(cfg)  # once, before any weight or data is loaded
     tcfg, mcfg = cfg.train, cfg.model
@@ -70,31 +65,68 @@ def run(cfg: DictConfig) -> Path | None:
             print(f"{out} exists: stage {cfg.name} already finished, nothing to do")
         return out
     if not Path(cfg.init_from).is_file():
-        raise FileNotFoundError(f"init_from: no .nemo at {cfg.init_from}")
-    tp = cfg.parallel.tensor_model_parallel_size
-    distributed.initialize(tp, seed=mcfg.seed)
+        raise ConfigError(f"init_from: no .nemo at {cfg.init_from}")
 
-    # Runtime-only model settings (activation recompute) come from the stage config, the rest from
-    # init_from, which the stage config must describe (check_architecture).
+    # Config and data are checked before any weight is restored: init_from's config and tokenizer only.
     saved = NVEmbedModel.restore_from(cfg.init_from, return_config=True)
     check_architecture(saved, mcfg, cfg.init_from)
-    with open_dict(saved):
-        saved.recompute = mcfg.recompute
-    model = NVEmbedModel.restore_from(cfg.init_from, override_config_path=saved)
     registry = TaskRegistry.from_yaml(tcfg.data.tasks)
-    tok = model.tokenizer
+    tok = tokenizer_from_nemo(cfg.init_from, saved)
     loaded = load_examples(
         tcfg.data.path, registry, tcfg.data.num_negatives, tcfg.data.allow_negative_resampling, tcfg.data.seed,
         count_tokens=lambda t: len(tok(t, add_special_tokens=False)["input_ids"]),
         max_length=max(tcfg.data.query_max_length, tcfg.data.doc_max_length) - 2,
+        duplicates=tcfg.data.duplicates,
     )
     if rank0:
         print(loaded.summary.format(), flush=True)
+
+    tp = cfg.parallel.tensor_model_parallel_size
+    distributed.initialize(tp, seed=mcfg.seed)
+    run_dir = Path(cfg.exp_manager.explicit_log_dir)
+    lock = distributed.decided_on_rank0(lambda: RunLock(run_dir, distributed.slurm_job_id()).acquire())
+    if rank0 and lock.taken_over:
+        print(lock.taken_over, flush=True)
+    try:
+        return _train(cfg, saved, registry, loaded, run_dir, env, out)
+    finally:
+        if rank0:
+            lock.release()
+
+
+def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path) -> Path | None:
+    """The stage once its inputs are checked and the run folder is ours."""
+    import lightning.pytorch as pl
+    from nemo.utils.exp_manager import exp_manager
+
+    from nemo_nvembed.data.sampler import GlobalBatchSampler
+    from nemo_nvembed.data.weights import sampling_registry
+    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.parallel import distributed
+    from nemo_nvembed.training import resume
+    from nemo_nvembed.training.callbacks import RetrievalValidation
+    from nemo_nvembed.training.checkpoint_io import ManifestCheckpointIO
+    from nemo_nvembed.training.contrastive import ContrastiveTraining
+    from nemo_nvembed.training.preemption import PreemptionCheckpoint
+    from nemo_nvembed.training.run_info import write_run_info
+    from nemo_nvembed.training.strategy import MegatronDPStrategy
+
+    tcfg, mcfg = cfg.train, cfg.model
+    rank0, tp = env.rank == 0, cfg.parallel.tensor_model_parallel_size
+    ckpt_dir = Path(OmegaConf.select(cfg, "exp_manager.checkpoint_callback_params.dirpath") or run_dir / "checkpoints")
+    decision = distributed.decided_on_rank0(lambda: resume.choose(ckpt_dir, cfg.resume))
+    if rank0:
+        print(decision.format(), flush=True)
+    # Runtime-only model settings (activation recompute) come from the stage config, the rest from
+    # init_from, which the stage config must describe (check_architecture).
+    with open_dict(saved):
+        saved.recompute = mcfg.recompute
+    model = NVEmbedModel.restore_from(cfg.init_from, override_config_path=saved)
     registry = sampling_registry(registry, loaded.summary.examples_per_task, tcfg.data)
     sampler = GlobalBatchSampler([e.task for e in loaded.examples], registry, tcfg.data.global_batch_size,
                                  distributed.dp_rank(), distributed.dp_size(), tcfg.data.seed, tcfg.data.sampling)
 
-    preemption = PreemptionCheckpoint(Path(cfg.exp_manager.explicit_log_dir))
+    preemption = PreemptionCheckpoint(run_dir)
     callbacks = [preemption]
     if tcfg.validation.beir:
         precision = "bf16" if "bf16" in str(cfg.trainer.precision) else "fp32"
@@ -105,7 +137,8 @@ def run(cfg: DictConfig) -> Path | None:
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    trainer = pl.Trainer(strategy=MegatronDPStrategy(tp, seed=mcfg.seed), callbacks=callbacks, plugins=plugins,
+    strategy = MegatronDPStrategy(tp, seed=mcfg.seed, checkpoint_io=ManifestCheckpointIO())
+    trainer = pl.Trainer(strategy=strategy, callbacks=callbacks, plugins=plugins,
                          **OmegaConf.to_container(cfg.trainer, resolve=True))
     log_dir = exp_manager(trainer, OmegaConf.create(OmegaConf.to_container(cfg.exp_manager)))
     if rank0:
@@ -115,7 +148,7 @@ def run(cfg: DictConfig) -> Path | None:
                                    trace_dir=log_dir)
     model.attach_training(training)
     try:
-        trainer.fit(model)
+        trainer.fit(model, ckpt_path=str(decision.checkpoint) if decision.checkpoint else None)
     finally:
         training.close()
     if preemption.stopped:

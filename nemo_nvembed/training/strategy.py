@@ -13,17 +13,15 @@
 - Checkpoints are TP-independent: trainable parameters and their Adam moments are stored in the
   full (TP=1) layout (:mod:`tp_layout`); the frozen backbone is not repeated in every checkpoint
   (it comes from ``init_from``).
-- Checkpoint files are written atomically (temp file, fsync, rename), so a crash during a save
-  never destroys an earlier finished checkpoint.
+- Checkpoint files are written by the ``checkpoint_io`` the stage passes in
+  (:class:`~nemo_nvembed.training.checkpoint_io.ManifestCheckpointIO`: atomic, with a manifest).
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 
 from nemo_nvembed.parallel import distributed, tp_layout
@@ -48,23 +46,10 @@ def clip_gradients_globally(params, max_norm: float) -> torch.Tensor:
     return grad_clip.clip_grad_norm(params, max_norm, distributed.tp_group(), distributed.tp_rank())
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = str(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-
 class MegatronDPStrategy(DDPStrategy):
     strategy_name = "nvembed_megatron_dp"
 
     def __init__(self, tensor_model_parallel_size: int, seed: int, **kwargs):
-        kwargs.setdefault("checkpoint_io", AtomicCheckpointIO())
         super().__init__(**kwargs)
         self.tp = tensor_model_parallel_size
         self.seed = seed

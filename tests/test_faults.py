@@ -1,0 +1,254 @@
+"""Fault injection: a crash (kill -9) at each phase of a checkpoint save, truncated and bit-flipped
+checkpoints and .nemo files, a full disk, two launches into one run folder, non-finite steps on 2
+ranks. Each fault must leave a run that resumes from the newest intact state, or stops with one
+clear message; never a wedged folder or a silent restart from step 0. CPU only."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_config
+from dist_utils import run_distributed
+
+# ---------------------------------------------------------------- checkpoint saves killed at each phase
+
+
+def _save(folder: Path, step: int, name: str | None = None, kill_at: str | None = None, size: int = 1000) -> None:
+    """Save a checkpoint of ``step`` in a forked child, killed with SIGKILL right after ``kill_at``."""
+    from nemo_nvembed.training.checkpoint_io import ManifestCheckpointIO
+
+    pid = os.fork()
+    if pid == 0:  # child: no pytest machinery, leave with os._exit
+        code = 0
+        try:
+            io = ManifestCheckpointIO()
+            if kill_at:
+                io.phase = lambda phase, path: os.kill(os.getpid(), signal.SIGKILL) if phase == kill_at else None
+            io.save_checkpoint({"global_step": step, "w": torch.full((size,), float(step))},
+                               folder / (name or f"s--step={step}-last.ckpt"))
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if kill_at:
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    else:
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("phase, resumes_at", [("tmp_written", 2), ("renamed", 2), ("manifest_written", 4), (None, 4)])
+def test_kill_at_each_save_phase_resumes_from_newest_intact(tmp_path, phase, resumes_at):
+    from nemo_nvembed.training import resume
+
+    _save(tmp_path, 2)
+    _save(tmp_path, 4, kill_at=phase)  # killed before Lightning removes the step-2 "last": two *last.ckpt may remain
+    decision = resume.choose(tmp_path, "auto")
+    assert decision.step == resumes_at and decision.checkpoint.name == f"s--step={resumes_at}-last.ckpt"
+    assert not list(tmp_path.glob("*.tmp-*")), "temporaries of the killed save are cleaned"
+    if phase == "renamed":  # complete file, no manifest: not trusted, named, moved aside
+        assert any("s--step=4-last.ckpt: no manifest" in n for n in decision.notes)
+    # Only the chosen checkpoint is left under a *.ckpt name: relaunching again picks the same one.
+    assert [p.name for p in tmp_path.glob("*.ckpt")] == [decision.checkpoint.name]
+    assert resume.choose(tmp_path, "auto").checkpoint == decision.checkpoint
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip", "manifest_deleted"])
+def test_damaged_newest_checkpoint_falls_back_and_says_why(tmp_path, damage):
+    from nemo_nvembed.training import resume
+    from nemo_nvembed.training.checkpoint_io import manifest_path
+
+    _save(tmp_path, 2, "s--step=2.ckpt")
+    _save(tmp_path, 4, "s--step=4.ckpt", size=20000)
+    newest = tmp_path / "s--step=4.ckpt"
+    if damage == "truncate":
+        os.truncate(newest, newest.stat().st_size // 2)
+    elif damage == "bitflip":
+        with open(newest, "r+b") as f:
+            f.seek(newest.stat().st_size // 2)
+            b = f.read(4096)
+            f.seek(newest.stat().st_size // 2)
+            f.write(bytes(x ^ 0xFF for x in b))
+    else:
+        manifest_path(newest).unlink()
+    decision = resume.choose(tmp_path, "auto")
+    assert decision.step == 2
+    why = {"truncate": "truncated", "bitflip": "sha256 does not match", "manifest_deleted": "no manifest"}[damage]
+    assert any("s--step=4.ckpt" in n and why in n for n in decision.notes), decision.notes
+    assert (tmp_path / "s--step=4.ckpt.damaged").exists()  # kept for inspection, out of the way
+
+
+def test_all_damaged_is_an_error_unless_fresh(tmp_path):
+    from nemo_nvembed.models.config import ConfigError
+    from nemo_nvembed.training import resume
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    _save(ckpts, 2, "s--step=2.ckpt")
+    os.truncate(ckpts / "s--step=2.ckpt", 10)
+    with pytest.raises(ConfigError, match=r"none can be resumed from(.|\n)*s--step=2.ckpt: size 10(.|\n)*resume=fresh"):
+        resume.choose(ckpts, "auto")
+    decision = resume.choose(ckpts, "fresh")
+    assert decision.checkpoint is None and not ckpts.exists()
+    moved = list(tmp_path.glob("checkpoints-replaced-*"))
+    assert moved and (moved[0] / "s--step=2.ckpt").exists(), "fresh keeps the old checkpoints, moved aside"
+
+
+def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path):
+    """RLIMIT_FSIZE makes writes past the limit fail with EFBIG, as a full disk fails with ENOSPC."""
+    from nemo_nvembed.training import resume
+
+    _save(tmp_path, 2)
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+        try:
+            _save_in_child = __import__("nemo_nvembed.training.checkpoint_io", fromlist=["x"]).ManifestCheckpointIO()
+            _save_in_child.save_checkpoint({"global_step": 4, "w": torch.zeros(1_000_000)}, tmp_path / "s--step=4-last.ckpt")
+        except Exception as e:  # OSError, or torch's RuntimeError wrapping the failed write
+            (tmp_path / "error.txt").write_text(f"{type(e).__name__}: {e}")
+            os._exit(3)  # the expected failure
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 3, "the save must fail on a full disk"
+    assert not list(tmp_path.glob("*.tmp-*")), "the failed save leaves no temporary"
+    decision = resume.choose(tmp_path, "auto")
+    assert decision.step == 2
+
+
+# ---------------------------------------------------------------- run-folder lock
+
+
+def test_second_launch_is_refused_and_dead_holders_are_taken_over(tmp_path):
+    from nemo_nvembed.training.run_lock import RunFolderBusy, RunLock
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_dir = tmp_path / "run.lock"
+        lock_dir.mkdir()
+        holder = {"host": socket.gethostname(), "pid": sleeper.pid, "slurm_job_id": "77", "started": "then"}
+        (lock_dir / "holder.json").write_text(json.dumps(holder))
+        with pytest.raises(RunFolderBusy, match=rf"host {socket.gethostname()}, pid {sleeper.pid}, Slurm job 77"):
+            RunLock(tmp_path, None).acquire()
+        # The same Slurm job id: a requeued job whose earlier incarnation is gone.
+        lock = RunLock(tmp_path, "77").acquire()
+        assert "requeued" in lock.taken_over
+        lock.release()
+        assert not lock_dir.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # Same host, pid gone: taken over.
+    lock_dir.mkdir()
+    (lock_dir / "holder.json").write_text(json.dumps({**holder, "slurm_job_id": None}))
+    lock = RunLock(tmp_path, None).acquire()
+    assert "is not running" in lock.taken_over
+    # Another host cannot be checked: refused, saying how to recover.
+    with pytest.raises(RunFolderBusy, match="remove .*run.lock"):
+        RunLock(tmp_path, None).acquire()  # held by this live process
+    lock.release()
+    (lock_dir).mkdir()
+    (lock_dir / "holder.json").write_text(json.dumps({**holder, "host": "elsewhere", "slurm_job_id": None}))
+    with pytest.raises(RunFolderBusy, match="host elsewhere"):
+        RunLock(tmp_path, None).acquire()
+
+
+# ---------------------------------------------------------------- .nemo integrity
+
+
+@pytest.fixture(scope="module")
+def tiny_nemo(tmp_path_factory, tokenizer_file, single_process):
+    from nemo_nvembed.models.nvembed import NVEmbedModel
+
+    path = tmp_path_factory.mktemp("nemo") / "tiny.nemo"
+    NVEmbedModel(tiny_config(tokenizer_file)).save_to(str(path))
+    return path
+
+
+def damaged_nemo(src: Path, dst: Path, damage: str) -> Path:
+    data = src.read_bytes()
+    if damage == "text":
+        dst.write_text("this is not a model\n")
+    elif damage == "truncated":
+        dst.write_bytes(data[: len(data) // 2])
+    elif damage == "bitflip":  # 4 KB inside the weights member
+        with tarfile.open(src) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("model_weights.ckpt"))
+        start = member.offset_data + member.size // 2
+        data = bytearray(data)
+        data[start:start + 4096] = bytes(x ^ 0xFF for x in data[start:start + 4096])
+        dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("damage, why", [("text", "not a readable .nemo archive"), ("truncated", "damaged .nemo|not a readable"),
+                                         ("bitflip", "do not match the checksum")])
+def test_damaged_nemo_is_refused_naming_path(tiny_nemo, tmp_path, damage, why, single_process):
+    from nemo_nvembed.models.checkpoint import NemoFileError
+    from nemo_nvembed.models.nvembed import NVEmbedModel
+
+    bad = damaged_nemo(tiny_nemo, tmp_path / f"{damage}.nemo", damage)
+    with pytest.raises(NemoFileError, match=why) as e:
+        NVEmbedModel.load(str(bad))
+    assert str(bad) in str(e.value)
+    NVEmbedModel.load(str(tiny_nemo))  # the intact file still restores (and its checksum verifies)
+
+
+# ---------------------------------------------------------------- non-finite steps on 2 ranks
+
+
+def _nonfinite_worker(rank, world):
+    from nemo_nvembed.training.objective import nonfinite_anywhere
+
+    loss = torch.tensor(float("nan") if rank == 1 else 1.0)  # only rank 1 sees it
+    return nonfinite_anywhere(loss), nonfinite_anywhere(torch.tensor(2.0))
+
+
+def test_nonfinite_decision_is_the_same_on_every_rank():
+    assert run_distributed(_nonfinite_worker, 2) == [(True, False), (True, False)]
+
+
+def test_skipped_steps_on_2_ranks_apply_no_update_and_stop_past_the_limit(tmp_path, tiny_nemo):
+    """Every step non-finite (temperature 1e-45): steps 0 and 1 are skipped under 2-process Lightning
+    (formerly a crash: Lightning refuses a None loss under DDP), the checkpoint at step 2 holds the
+    initial weights (no update), and the third skip passes max_skipped_fraction=0.5 of 4 steps."""
+    from test_training import nemo_weights, torchrun_cmd, write_examples
+
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    p = subprocess.run(torchrun_cmd(tmp_path / "r", tiny_nemo, data, 4,
+                                    ["train.loss.temperature=1e-45", "train.nonfinite_loss=skip",
+                                     "train.max_skipped_fraction=0.5"]),
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0, out[-3000:]
+    assert "3 steps skipped for a non-finite loss" in out and "train.max_skipped_fraction=0.5" in out, out[-3000:]
+    assert not (tmp_path / "r" / "stage1" / "stage1.nemo").exists(), "no untrained .nemo"
+    ckpt = next((tmp_path / "r" / "stage1" / "checkpoints").glob("*step=2*.ckpt"))
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["skipped_nonfinite"] == 2
+    init = nemo_weights(tiny_nemo)
+    for k, v in saved["state_dict"].items():
+        torch.testing.assert_close(v, init[k], rtol=0, atol=0, msg=lambda m: f"{k} changed on a skipped step: {m}")
+
+
+def test_stale_nemo_unfinished_marker_of_a_verified_checkpoint_is_removed(tmp_path):
+    """Killed after our manifest but before NeMo removed its ``-unfinished`` marker: the checkpoint is
+    whole; NeMo's callback would delete it at start-up if the marker stayed."""
+    from nemo_nvembed.training import resume
+
+    _save(tmp_path, 2)
+    marker = tmp_path / "s--step=2-last.ckpt-unfinished"
+    marker.touch()
+    decision = resume.choose(tmp_path, "auto")
+    assert decision.step == 2 and not marker.exists()
