@@ -25,7 +25,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 test: install
-	$(PY) -m pytest -q --durations=12
+	$(PY) -m pytest -q --durations=25
 
 demo: install
 	$(PY) -m nemo_nvembed.demo
