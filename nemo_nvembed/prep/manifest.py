@@ -81,6 +81,19 @@ class Manifest:
     stage2: List[Any] = MISSING
 
 
+
+def _merged(schema, raw, where: str, key_prefix: str, unnamed: str):
+    """`raw` merged onto `schema` in struct mode; a bad or missing key is a ManifestError naming it."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or unnamed
+        raise ManifestError(f"{key_prefix}{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ManifestError(f"{where}: required key(s) not set: {', '.join(missing)}")
+    return merged
+
 def load_manifest(path: str | Path, registry: TaskRegistry):
     """Validated manifest (a DictConfig shaped like `Manifest`)."""
     path = Path(path)
@@ -90,14 +103,7 @@ def load_manifest(path: str | Path, registry: TaskRegistry):
         raise ManifestError(f"{path}: manifest not found") from None
     except Exception as e:  # YAML syntax errors carry their own line/column
         raise ManifestError(f"{path}: cannot parse YAML: {e}") from None
-    try:
-        m = OmegaConf.merge(OmegaConf.structured(Manifest), raw)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "<root>"
-        raise ManifestError(f"{path}: {key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from None
-    missing = sorted(OmegaConf.missing_keys(m))
-    if missing:
-        raise ManifestError(f"{path}: required key(s) not set: {', '.join(missing)}")
+    m = _merged(Manifest, raw, f"{path}", f"{path}: ", "<root>")
     if m.num_negatives < 1 or m.mining.top_k < 1 or not 0 < m.mining.perc_pos <= 1 or m.mining.pool_rows < 1:
         raise ManifestError(f"{path}: need num_negatives >= 1, mining.top_k >= 1, 0 < mining.perc_pos <= 1, "
                             "mining.pool_rows >= 1")
@@ -106,14 +112,7 @@ def load_manifest(path: str | Path, registry: TaskRegistry):
         for i, raw_set in enumerate(m[stage]):
             name = raw_set.get("name", "?") if hasattr(raw_set, "get") else "?"
             where = f"{path}: {stage}[{i}] ({name})"
-            try:
-                s = OmegaConf.merge(OmegaConf.structured(SetSpec), raw_set)
-            except OmegaConfBaseException as e:
-                key = getattr(e, "full_key", None) or "<entry>"
-                raise ManifestError(f"{where}.{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from None
-            missing = sorted(OmegaConf.missing_keys(s))
-            if missing:
-                raise ManifestError(f"{where}: required key(s) not set: {', '.join(missing)}")
+            s = _merged(SetSpec, raw_set, where, f"{where}.", "<entry>")
             sets.append(s)
             if s.name in names:
                 raise ManifestError(f"{where}: name {s.name!r} used twice in {stage}")
