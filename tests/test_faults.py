@@ -5,6 +5,7 @@ clear message; never a wedged folder or a silent restart from step 0. CPU only."
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import resource
 import signal
@@ -23,27 +24,37 @@ from dist_utils import run_distributed
 # ---------------------------------------------------------------- checkpoint saves killed at each phase
 
 
-def _save(folder: Path, step: int, name: str | None = None, kill_at: str | None = None, size: int = 1000) -> None:
-    """Save a checkpoint of ``step`` in a forked child, killed with SIGKILL right after ``kill_at``."""
+# Children come from a forkserver, not os.fork(): forking this multi-threaded pytest process (torch's
+# thread pools) can leave the child blocked on a lock another thread held (seen: a save hung forever).
+_CTX = multiprocessing.get_context("forkserver")
+_CTX.set_forkserver_preload(["torch"])
+
+
+def _child_save(folder: Path, step: int, name: str | None, kill_at: str | None, size: int) -> None:
     from nemo_nvembed.training.checkpoint_io import ManifestCheckpointIO
 
-    pid = os.fork()
-    if pid == 0:  # child: no pytest machinery, leave with os._exit
-        code = 0
-        try:
-            io = ManifestCheckpointIO()
-            if kill_at:
-                io.phase = lambda phase, path: os.kill(os.getpid(), signal.SIGKILL) if phase == kill_at else None
-            io.save_checkpoint({"global_step": step, "w": torch.full((size,), float(step))},
-                               folder / (name or f"s--step={step}-last.ckpt"))
-        except BaseException:
-            code = 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    io = ManifestCheckpointIO()
     if kill_at:
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    else:
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        io.phase = lambda phase, path: os.kill(os.getpid(), signal.SIGKILL) if phase == kill_at else None
+    io.save_checkpoint({"global_step": step, "w": torch.full((size,), float(step))},
+                       folder / (name or f"s--step={step}-last.ckpt"))
+
+
+def _in_child(target, *args) -> int:
+    """Run ``target(*args)`` in a fresh child process; its exit code (-9: SIGKILL)."""
+    p = _CTX.Process(target=target, args=args)
+    p.start()
+    p.join(180)
+    if p.is_alive():
+        p.kill()
+        pytest.fail(f"{target.__name__} did not finish in 180 s")
+    return p.exitcode
+
+
+def _save(folder: Path, step: int, name: str | None = None, kill_at: str | None = None, size: int = 1000) -> None:
+    """Save a checkpoint of ``step`` in a child process, killed with SIGKILL right after ``kill_at``."""
+    code = _in_child(_child_save, folder, step, name, kill_at, size)
+    assert code == (-signal.SIGKILL if kill_at else 0), code
 
 
 @pytest.mark.parametrize("phase, resumes_at", [("tmp_written", 2), ("renamed", 2), ("manifest_written", 4), (None, 4)])
@@ -103,24 +114,25 @@ def test_all_damaged_is_an_error_unless_fresh(tmp_path):
     assert moved and (moved[0] / "s--step=2.ckpt").exists(), "fresh keeps the old checkpoints, moved aside"
 
 
+def _child_save_on_full_disk(folder: Path) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+    from nemo_nvembed.training.checkpoint_io import ManifestCheckpointIO
+
+    try:
+        ManifestCheckpointIO().save_checkpoint({"global_step": 4, "w": torch.zeros(1_000_000)}, folder / "s--step=4-last.ckpt")
+    except Exception as e:  # OSError, or torch's RuntimeError wrapping the failed write
+        (folder / "error.txt").write_text(f"{type(e).__name__}: {e}")
+        os._exit(3)  # the expected failure
+    os._exit(0)
+
+
 def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path):
     """RLIMIT_FSIZE makes writes past the limit fail with EFBIG, as a full disk fails with ENOSPC."""
     from nemo_nvembed.training import resume
 
     _save(tmp_path, 2)
-    pid = os.fork()
-    if pid == 0:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a signal
-        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-        try:
-            _save_in_child = __import__("nemo_nvembed.training.checkpoint_io", fromlist=["x"]).ManifestCheckpointIO()
-            _save_in_child.save_checkpoint({"global_step": 4, "w": torch.zeros(1_000_000)}, tmp_path / "s--step=4-last.ckpt")
-        except Exception as e:  # OSError, or torch's RuntimeError wrapping the failed write
-            (tmp_path / "error.txt").write_text(f"{type(e).__name__}: {e}")
-            os._exit(3)  # the expected failure
-        os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 3, "the save must fail on a full disk"
+    assert _in_child(_child_save_on_full_disk, tmp_path) == 3, "the save must fail on a full disk"
     assert not list(tmp_path.glob("*.tmp-*")), "the failed save leaves no temporary"
     decision = resume.choose(tmp_path, "auto")
     assert decision.step == 2
