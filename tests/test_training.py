@@ -190,7 +190,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_base):
     assert not (resumed / "stage1" / "stage1.nemo").exists(), "the run finished before it could be killed"
     done_before = max(s for (_, s) in last_trace(resumed / "stage1"))
     assert done_before < steps - 1
-    subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps, tp2), check=True, capture_output=True, cwd=REPO)
+    relaunch = subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps, tp2), capture_output=True, text=True, cwd=REPO)
+    assert relaunch.returncode == 0, f"relaunch failed:\n{relaunch.stdout[-3000:]}\n{relaunch.stderr[-5000:]}"
 
     a = nemo_weights(straight / "stage1" / "stage1.nemo")
     b = nemo_weights(resumed / "stage1" / "stage1.nemo")
