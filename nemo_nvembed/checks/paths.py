@@ -25,16 +25,20 @@ def input_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def output_file(path: str | os.PathLike, what: str) -> Path:
-    """A path a file can be written to: its folder exists and is writable, and it is not a folder."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{what} {p}: is a directory; give a file name")
+def _writable_parent(p: Path, what: str) -> None:
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"{what} {p}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{what} {p}: folder {folder} is not writable")
+
+
+def output_file(path: str | os.PathLike, what: str) -> Path:
+    """A path a file can be written to: its folder exists and is writable, and it is not a folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {p}: is a directory; give a file name")
+    _writable_parent(p, what)
     if p.exists() and not os.access(p, os.W_OK):
         raise UserError(f"{what} {p}: exists and is not writable")
     return p
@@ -45,9 +49,5 @@ def new_output_folder(path: str | os.PathLike, what: str) -> Path:
     p = Path(path)
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
         raise UserError(f"{what} {p}: exists and is not an empty folder")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"{what} {p}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {p}: folder {parent} is not writable")
+    _writable_parent(p, what)
     return p
