@@ -256,11 +256,18 @@ def test_skipped_steps_on_2_ranks_apply_no_update_and_stop_past_the_limit(tmp_pa
 
 def test_stale_nemo_unfinished_marker_of_a_verified_checkpoint_is_removed(tmp_path):
     """Killed after our manifest but before NeMo removed its ``-unfinished`` marker: the checkpoint is
-    whole; NeMo's callback would delete it at start-up if the marker stayed."""
+    whole; NeMo's callback would delete it at start-up if the marker stayed. The marker is placed and
+    the clean-up run by NeMo's own code, not by a copy of its naming rule."""
+    from nemo.utils.callbacks.nemo_model_checkpoint import NeMoModelCheckpoint
+
     from nemo_nvembed.training import resume
 
     _save(tmp_path, 2)
-    marker = tmp_path / "s--step=2-last.ckpt-unfinished"
-    marker.touch()
+    ckpt = tmp_path / "s--step=2-last.ckpt"
+    NeMoModelCheckpoint.set_checkpoint_unfinished_marker(ckpt)
+    marker = NeMoModelCheckpoint.format_checkpoint_unfinished_marker_path(ckpt)
+    assert marker.exists()
     decision = resume.choose(tmp_path, "auto")
     assert decision.step == 2 and not marker.exists()
+    NeMoModelCheckpoint._remove_unfinished_checkpoints(tmp_path)  # what NeMo's callback runs at start-up
+    assert decision.checkpoint.is_file(), "NeMo removed the checkpoint the run resumes from"

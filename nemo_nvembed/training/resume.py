@@ -20,7 +20,6 @@ from nemo_nvembed.training.checkpoint_io import MANIFEST_SUFFIX, TMP_MARK, verif
 
 RESUME_MODES = ("auto", "fresh")
 DAMAGED_SUFFIX = ".damaged"  # a skipped checkpoint, kept for inspection
-UNFINISHED_SUFFIX = "-unfinished"  # NeMo's marker of a save in progress (NeMoModelCheckpoint)
 
 
 @dataclass
@@ -60,10 +59,13 @@ def choose(ckpt_dir: str | Path, mode: str) -> ResumeDecision:
             ckpt_dir.rename(aside)
             notes.append(f"resume=fresh: moved {len(ckpts)} earlier checkpoint(s) to {aside}")
         return ResumeDecision(None, notes=notes)
+    from nemo.utils.callbacks.nemo_model_checkpoint import NeMoModelCheckpoint
+
     verified, skipped = [], []
     for c in ckpts:
         step, why = verify(c)
-        marker = Path(f"{c}{UNFINISHED_SUFFIX}")
+        # NeMo's own name for its marker of a save (or removal) in progress: "<name without .ckpt>-unfinished"
+        marker = NeMoModelCheckpoint.format_checkpoint_unfinished_marker_path(c)
         if why is None and marker.exists():
             # Killed after our manifest, before NeMo removed its marker: the file is whole (verified), the
             # marker stale. Removed, or NeMo's checkpoint callback would delete the checkpoint we resume from.
