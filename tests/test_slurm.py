@@ -5,7 +5,6 @@ CPU overrides make the GPU scripts run here: 2 tasks (gloo), the tiny model, a f
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
