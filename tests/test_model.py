@@ -165,3 +165,16 @@ def test_only_lora_and_head_train(make_tiny):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("latent_attention_model.") for n in trainable)
     assert any("lora_" in n for n in trainable)
+
+
+def test_lora_first_layer_leaves_lower_layers_without_adapters(make_tiny):
+    import re
+
+    from nemo_nvembed.models.config import ConfigError
+
+    model = make_tiny(**{"lora.first_layer": 1})
+    layers = {int(m.group(1)) for n, _ in model.named_parameters() if "lora_" in n
+              for m in [re.search(r"layers\.(\d+)\.", n)]}
+    assert layers == set(range(1, model.cfg.backbone.num_layers))
+    with pytest.raises(ConfigError, match="lora.first_layer: must be in"):
+        make_tiny(**{"lora.first_layer": model.cfg.backbone.num_layers})

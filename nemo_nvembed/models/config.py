@@ -57,6 +57,7 @@ class LoRAConfig:
     alpha: float = 32.0
     dropout: float = 0.1
     target_modules: List[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    first_layer: int = 0  # adapters on layers first_layer.. only; the frozen layers below need no backward
 
 
 @dataclass
@@ -139,6 +140,9 @@ def _check_values(cfg: DictConfig, source: str) -> None:
         bad("max_length", f"must be >= 2 (a token of text and EOS), got {cfg.max_length}")
     if cfg.lora.enabled and cfg.lora.rank < 1:
         bad("lora.rank", f"must be >= 1, got {cfg.lora.rank}")
+    if not OmegaConf.is_missing(cfg.backbone, "num_layers") and not 0 <= cfg.lora.first_layer < cfg.backbone.num_layers:
+        bad("lora.first_layer", f"must be in [0, backbone.num_layers={cfg.backbone.num_layers}), "
+                                f"got {cfg.lora.first_layer}")
     if not 0 <= cfg.lora.dropout < 1:
         bad("lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
     for key in ("num_latents", "num_heads", "ff_mult"):

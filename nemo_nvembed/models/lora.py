@@ -19,6 +19,7 @@ and full-layout feature only, so TP ranks (and DP layouts, chunkings) draw what 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -81,6 +82,12 @@ def _tp_rank() -> int:
     return ps.get_tensor_model_parallel_rank() if ps.model_parallel_is_initialized() else 0
 
 
+def _below_first_layer(name: str, first_layer: int) -> bool:
+    """Whether a module sits in a transformer layer (``decoder.layers.<i>.``) below ``first_layer``."""
+    match = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+    return match is not None and int(match.group(1)) < first_layer
+
+
 def apply_lora(backbone: torch.nn.Module, lora_cfg) -> list[str]:
     """Freeze the backbone and attach adapters to ``lora_cfg.target_modules``; returns their names."""
     for p in backbone.parameters():
@@ -93,7 +100,7 @@ def apply_lora(backbone: torch.nn.Module, lora_cfg) -> list[str]:
     scale = lora_cfg.alpha / lora_cfg.rank
     attached = []
     for name, module in backbone.named_modules():
-        if name.rsplit(".", 1)[-1] not in targets:
+        if name.rsplit(".", 1)[-1] not in targets or _below_first_layer(name, lora_cfg.first_layer):
             continue
         column, row = _is_column(module), _is_row(module)
         if not (column or row):

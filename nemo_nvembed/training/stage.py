@@ -36,6 +36,7 @@ def check_architecture(saved, wanted, init_from: str) -> None:
     s = OmegaConf.to_container(saved, resolve=True)
     w = OmegaConf.to_container(wanted, resolve=True)
     s.setdefault("pool_span", "exact")  # a .nemo saved before pool_span existed pooled exactly so
+    s.get("lora", {}).setdefault("first_layer", 0)  # ... and one saved before first_layer had adapters everywhere
     for d in (s, w):
         d.get("tokenizer", {}).pop("file", None)
     diffs = [x for k in ARCH_KEYS for x in _diff(s.get(k), w.get(k), f"{k}.")]
