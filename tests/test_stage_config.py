@@ -63,3 +63,20 @@ def test_train_command_refuses_a_misspelled_key_before_loading(tmp_path):
                        timeout=300)
     assert p.returncode != 0 and "max_stepz" in p.stdout + p.stderr
     assert "init_from" not in p.stdout + p.stderr
+
+
+def test_init_from_saved_before_new_model_keys_matches_their_defaults(tokenizer_file):
+    """A .nemo whose config predates ``pool_span`` and ``lora.first_layer`` matches a config with their
+    defaults; a real difference is named with both values."""
+    from conftest import tiny_config
+
+    from nemo_nvembed.models.config import ConfigError, validate_model_config
+    from nemo_nvembed.training.stage import check_architecture
+
+    wanted = validate_model_config(tiny_config(tokenizer_file))
+    saved = tiny_config(tokenizer_file)
+    del saved["pool_span"], saved.lora["first_layer"]
+    check_architecture(saved, wanted, "old.nemo")
+    saved.lora.rank = wanted.lora.rank + 1
+    with pytest.raises(ConfigError, match=rf"model.lora.rank: old.nemo has {wanted.lora.rank + 1}, the config says"):
+        check_architecture(saved, wanted, "old.nemo")

@@ -98,7 +98,8 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
                 "-m", "nemo_nvembed.train"]
     curves = []
     for i, stage in enumerate(("stage1", "stage2")):
-        stage_args = [*fmt(dcfg.common), *fmt(dcfg[stage]), *overrides]
+        # base_overrides shaped the converted model, so the stage's model section says the same
+        stage_args = [*fmt(dcfg.common), *fmt(dcfg.base_overrides), *fmt(dcfg[stage]), *overrides]
         max_steps = int(OmegaConf.from_dotlist([a for a in stage_args if a.startswith("trainer.max_steps=")])
                         .trainer.max_steps)
         con.say(f"{4 + i}/6 {stage}: {max_steps} steps on {dcfg.processes} gloo processes (data-parallel)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_nvembed.models.config import ConfigError
+from nemo_nvembed.models.config import ConfigError, validate_model_config
 from nemo_nvembed.training.config import validate_stage_config
 
 ARCH_KEYS = ("backbone", "attention", "pooling", "lora", "max_length", "query_template", "pool_span", "tokenizer")
@@ -33,10 +33,10 @@ def _diff(a, b, prefix=""):
 
 def check_architecture(saved, wanted, init_from: str) -> None:
     """The stage config's model section must describe the model in ``init_from`` (the YAML is what ran)."""
-    s = OmegaConf.to_container(saved, resolve=True)
+    # The saved config on the schema: a .nemo written before a key existed gets that key's default
+    # (pool_span: exact, lora.first_layer: 0), as restoring it would.
+    s = OmegaConf.to_container(validate_model_config(saved, init_from, require_complete=False), resolve=True)
     w = OmegaConf.to_container(wanted, resolve=True)
-    s.setdefault("pool_span", "exact")  # a .nemo saved before pool_span existed pooled exactly so
-    s.get("lora", {}).setdefault("first_layer", 0)  # ... and one saved before first_layer had adapters everywhere
     for d in (s, w):
         d.get("tokenizer", {}).pop("file", None)
     diffs = [x for k in ARCH_KEYS for x in _diff(s.get(k), w.get(k), f"{k}.")]
