@@ -178,3 +178,20 @@ def test_lora_first_layer_leaves_lower_layers_without_adapters(make_tiny):
     assert layers == set(range(1, model.cfg.backbone.num_layers))
     with pytest.raises(ConfigError, match="lora.first_layer: must be in"):
         make_tiny(**{"lora.first_layer": model.cfg.backbone.num_layers})
+
+
+def test_gpu_config_builds_the_local_layer_spec(monkeypatch, tokenizer_file):
+    """On a GPU without transformer-engine the backbone uses megatron's local spec (torch RMSNorm), which
+    refuses ``persist_layer_norm``: the GPU check found every CUDA build failing on it (H200, 2026-11-27).
+    The CUDA-side config is built here with CUDA only pretended, and its norm constructed."""
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    from nemo_nvembed.models import backbone
+    from nemo_nvembed.parallel import cpu_compat
+
+    monkeypatch.setattr(cpu_compat, "cuda_available", lambda: True)
+    cfg = tiny_config(tokenizer_file)
+    tc = backbone.transformer_config(cfg.backbone, tp=1)
+    assert not tc.persist_layer_norm
+    assert not tc.use_cpu_initialization  # the CUDA branch was taken
+    WrappedTorchNorm(config=tc, hidden_size=cfg.backbone.hidden_size, eps=tc.layernorm_epsilon, normalization="RMSNorm")

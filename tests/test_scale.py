@@ -177,3 +177,14 @@ def test_benchmark_batch_for_a_model_with_another_vocabulary(single_process, tmp
                            cfg.backbone.vocab_size)
     assert int(batch.docs.input_ids.max()) < cfg.backbone.vocab_size == 32000
     assert batch.docs.attention_mask.sum(1).min() > 1
+
+
+def test_benchmark_reports_a_workers_exception_not_its_last_line():
+    """A failed worker is reported by its exception (NCCL's exit warning follows the traceback)."""
+    from nemo_nvembed.benchmark.runner import _error_line
+
+    stderr = ("[rank0]: Traceback (most recent call last):\n[rank0]:   File \"x.py\", line 1\n"
+              "[rank0]: AssertionError: persist_layer_norm not supported by torch LayerNorm\n"
+              "[rank0]:[W1127 03:23:46.035 ProcessGroupNCCL.cpp:1575] Warning: WARNING: destroy_process_group()\n")
+    assert _error_line(stderr) == "AssertionError: persist_layer_norm not supported by torch LayerNorm"
+    assert _error_line("only a line\n") == "only a line"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -227,6 +228,21 @@ def worker(spec: dict) -> dict:
 
 # ------------------------------------------------------------------------------------ driver
 
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
+
+
+def _error_line(stderr: str) -> str:
+    """The exception line of a worker's stderr (torchrun-style ``[rankN]:`` prefixes dropped), not its
+    last line: NCCL's exit warning comes after the traceback."""
+    lines = [_RANK_PREFIX.sub("", x).strip() for x in stderr.strip().splitlines()]
+    errors = [x for x in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", x)]
+    return (errors or lines or [""])[-1]
+
+
+def _tail(stderr: str, n: int = 25) -> str:
+    return "\n".join("    " + x for x in stderr.strip().splitlines()[-n:])
+
+
 def _tokenizer_file(tmp: Path) -> str:
     """SmolLM2's tokenizer (the only one shipped offline) for every model: the texts' real lengths."""
     path = tmp / "tokenizer.json"
@@ -266,8 +282,8 @@ def compare(args) -> None:
             line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
             if out.returncode != 0 or line is None:
                 why = ("killed by SIGKILL: out of memory" if out.returncode == -9
-                       else f"exit {out.returncode}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ''}")
-                print(f"[bench] {system} failed ({why})", flush=True)
+                       else f"exit {out.returncode}: {_error_line(out.stderr)}")
+                print(f"[bench] {system} failed ({why}); its stderr ends:\n{_tail(out.stderr)}", flush=True)
                 failed.append({"system": system, "error": why})
                 continue
             r = json.loads(line.split(" ", 1)[1])
