@@ -64,11 +64,13 @@ def build_reference(model_cfg, dtype=torch.float32):
 
 
 def embed(backbone, head, batch) -> torch.Tensor:
-    s = batch.input_ids.shape[1]
-    blocked = ~batch.attention_mask.bool()[:, None, None, :].expand(-1, 1, s, s)  # [b, 1, s, s], non-causal
-    mask = torch.zeros(blocked.shape).masked_fill(blocked, torch.finfo(torch.float32).min)
-    hidden = backbone(input_ids=batch.input_ids, attention_mask=mask).last_hidden_state
-    return head(hidden, batch.pool_mask)
+    dev = next(head.parameters()).device
+    ids, att, pool = batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.pool_mask.to(dev)
+    s = ids.shape[1]
+    blocked = ~att.bool()[:, None, None, :].expand(-1, 1, s, s)  # [b, 1, s, s], non-causal
+    mask = torch.zeros(blocked.shape, device=dev).masked_fill(blocked, torch.finfo(torch.float32).min)
+    hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    return head(hidden, pool)
 
 
 def step_loss(backbone, head, queries, docs, k: int, temperature: float) -> torch.Tensor:
@@ -76,5 +78,5 @@ def step_loss(backbone, head, queries, docs, k: int, temperature: float) -> torc
     q = embed(backbone, head, queries).float()  # [b, d]
     d = embed(backbone, head, docs).float()  # [b*(1+k), d]
     scores = q @ d.T / temperature  # [b, b*(1+k)]
-    target = torch.arange(q.shape[0]) * (1 + k)
+    target = torch.arange(q.shape[0], device=q.device) * (1 + k)
     return F.cross_entropy(scores, target)

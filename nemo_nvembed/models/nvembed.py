@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from nemo.core import ModelPT
 from omegaconf import DictConfig
 
-from nemo_nvembed.parallel import distributed, tp_layout
+from nemo_nvembed.parallel import cpu_compat, distributed, tp_layout
 from nemo_nvembed.models.backbone import attention_mask as build_attention_mask
 from nemo_nvembed.models.backbone import build_backbone
 from nemo_nvembed.models.checkpoint import TPAgnosticConnector
@@ -65,6 +65,10 @@ class NVEmbedModel(ModelPT):
         tok_file = self.register_artifact("tokenizer.file", c.tokenizer.file)
         self.tokenizer = load_tokenizer(c.tokenizer, tok_file)
         self.text = TextEncoder(self.tokenizer, c.query_template, c.tokenizer.add_bos, c.max_length, c.pool_span)
+        if cpu_compat.cuda_available():
+            # megatron puts its linear weights on the current GPU, but its torch RMSNorm, our LoRA and the
+            # pooling head are built on the CPU: one device for the whole model (found by the GPU check).
+            self.to(torch.device("cuda", torch.cuda.current_device()))
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod

@@ -48,7 +48,7 @@ class PreemptionCheckpoint(Callback):
             signal.signal(sig, prev)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        flag = torch.tensor([self.request], dtype=torch.int64)
+        flag = torch.tensor([self.request], dtype=torch.int64, device=pl_module.device)  # NCCL takes no CPU tensor
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         kind = int(flag.item())
