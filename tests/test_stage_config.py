@@ -80,3 +80,31 @@ def test_init_from_saved_before_new_model_keys_matches_their_defaults(tokenizer_
     saved.lora.rank = wanted.lora.rank + 1
     with pytest.raises(ConfigError, match=rf"model.lora.rank: old.nemo has {wanted.lora.rank + 1}, the config says"):
         check_architecture(saved, wanted, "old.nemo")
+
+
+def test_head_lr_mult_puts_the_pooling_head_in_its_own_group(make_tiny):
+    """train.optim.head_lr_mult: the head's parameters train at lr x mult through the whole schedule;
+    at 1 (the default) the optimizer keeps one group; 0 is refused with the key named."""
+    import torch
+
+    from nemo_nvembed.models.config import ConfigError
+    from nemo_nvembed.training.config import validate_stage_config
+    from nemo_nvembed.training.optim import build_optimizer, param_groups
+
+    model = make_tiny()
+    cfg = validate_stage_config(compose("stage1", ["train.optim.lr=1e-3", "train.optim.warmup_steps=2",
+                                                   "train.optim.head_lr_mult=10"])).train
+    groups = param_groups(model, cfg.optim)
+    head = {id(p) for p in model.latent_attention_model.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == head and not head & {id(p) for p in groups[0]["params"]}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == sum(p.requires_grad for p in model.parameters())
+    opt, sched = build_optimizer(groups, cfg.optim, max_steps=10)
+    for _ in range(4):
+        ratio = opt.param_groups[1]["lr"] / opt.param_groups[0]["lr"]
+        assert ratio == pytest.approx(10.0) and opt.param_groups[0]["lr"] <= 1e-3
+        opt.step()
+        sched.step()
+    one = validate_stage_config(compose("stage1", ["train.optim.lr=1e-3"])).train.optim
+    assert all(isinstance(p, torch.Tensor) for p in param_groups(model, one))
+    with pytest.raises(ConfigError, match="head_lr_mult"):
+        validate_stage_config(compose("stage1", ["train.optim.head_lr_mult=0"]))

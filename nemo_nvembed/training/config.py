@@ -51,6 +51,7 @@ class OptimConfig:
     eps: float = 1.0e-8
     warmup_steps: int = 500
     min_lr: float = 0.0  # linear decay ends here at trainer.max_steps
+    head_lr_mult: float = 1.0  # the pooling head's learning rate = lr x this (it starts from random weights)
 
 
 @dataclass
@@ -107,6 +108,8 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
         raise ConfigError(f"{source}: train.optim.lr must be > 0, got {merged.optim.lr}")
     if merged.optim.min_lr < 0 or merged.optim.min_lr > merged.optim.lr:
         raise ConfigError(f"{source}: train.optim.min_lr must be in [0, train.optim.lr], got {merged.optim.min_lr}")
+    if not merged.optim.head_lr_mult > 0:
+        raise ConfigError(f"{source}: train.optim.head_lr_mult must be > 0, got {merged.optim.head_lr_mult}")
     if merged.optim.warmup_steps < 0 or merged.optim.eps <= 0 or merged.optim.weight_decay < 0:
         raise ConfigError(f"{source}: train.optim: warmup_steps and weight_decay must be >= 0 and eps > 0")
     if merged.validation.every_n_steps < 1 or merged.validation.batch_size < 1:

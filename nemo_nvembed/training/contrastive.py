@@ -16,7 +16,7 @@ from nemo_nvembed.data.sampler import GlobalBatchSampler
 from nemo_nvembed.data.tasks import TaskRegistry
 from nemo_nvembed.training.batches import BatchStream
 from nemo_nvembed.training.objective import ContrastiveObjective
-from nemo_nvembed.training.optim import build_optimizer
+from nemo_nvembed.training.optim import build_optimizer, param_groups
 
 
 class ContrastiveTraining:
@@ -80,8 +80,7 @@ class ContrastiveTraining:
                 p.grad = None
 
     def configure_optimizers(self, model):
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt, sched = build_optimizer(params, self.train_cfg.optim, self._max_steps)
+        opt, sched = build_optimizer(param_groups(model, self.train_cfg.optim), self.train_cfg.optim, self._max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, model, checkpoint):
