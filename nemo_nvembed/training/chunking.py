@@ -95,8 +95,7 @@ def embed(model, batch, chunks: list[Chunk], seed: int, step: int, group: int) -
     """All chunks' embeddings in batch order, [n, d] (differentiable when grad is enabled)."""
     outs = [embed_chunk(model, batch, c, seed, step, group * 100_003 + i, group) for i, c in enumerate(chunks)]
     order = torch.cat([c.index for c in chunks])  # [n]: batch position of each stacked row
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)  # order: where the batch is (CUDA under Lightning)
+    inverse = torch.argsort(order)  # on order's device (the batch's: CUDA under Lightning)
     return torch.cat(outs)[inverse.to(outs[0].device)]  # [n, d]
 
 
