@@ -114,10 +114,10 @@ dist.destroy_process_group()
 TINY_BASE = r"""
 import sys
 from omegaconf import OmegaConf
-from nemo_nvembed.models.nvembed import NVEmbedModel
+from nemo_nvembed.models.network import NVEmbedNetwork
 cfg = OmegaConf.load("conf/model/tiny.yaml")
 cfg.tokenizer.file = sys.argv[1]
-NVEmbedModel.from_config(cfg).save_to(sys.argv[2])
+NVEmbedNetwork.from_config(cfg).save_to(sys.argv[2])
 """
 
 

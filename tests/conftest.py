@@ -46,22 +46,22 @@ def tiny_config(tokenizer_file: str, **overrides):
 
 @pytest.fixture
 def make_tiny(tokenizer_file, single_process):
-    """Build a tiny random NVEmbedModel (TP=1) with dotted overrides, e.g. make_tiny(**{'pooling.type': 'mean'})."""
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    """Build a tiny random NVEmbedNetwork (TP=1) with dotted overrides, e.g. make_tiny(**{'pooling.type': 'mean'})."""
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     def make(**overrides):
-        return NVEmbedModel(tiny_config(tokenizer_file, **overrides))
+        return NVEmbedNetwork(tiny_config(tokenizer_file, **overrides))
 
     return make
 
 
 def model_with_random_lora(tokenizer_file, seed: int, **overrides):
-    """A tiny NVEmbedModel whose LoRA B is random (so LoRA changes the output); -> (model, full weights)."""
+    """A tiny NVEmbedNetwork whose LoRA B is random (so LoRA changes the output); -> (model, full weights)."""
     import torch
 
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
-    model = NVEmbedModel(tiny_config(tokenizer_file, **overrides))
+    model = NVEmbedNetwork(tiny_config(tokenizer_file, **overrides))
     full = model.full_state_dict()
     g = torch.Generator().manual_seed(seed)
     for k in full:

@@ -18,10 +18,10 @@ TASKS = str(REPO / "conf" / "tasks.yaml")
 
 @pytest.fixture(scope="module")
 def tiny_nemo(tmp_path_factory, tokenizer_file, single_process):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     path = tmp_path_factory.mktemp("bad_inputs") / "tiny.nemo"
-    NVEmbedModel(tiny_config(tokenizer_file)).save_to(str(path))
+    NVEmbedNetwork(tiny_config(tokenizer_file)).save_to(str(path))
     return path
 
 
@@ -75,10 +75,10 @@ def test_encode_refuses(case, tiny_nemo, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory, tokenizer_file, single_process):
     from nemo_nvembed.interop.hf_export import export_hf
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     out = tmp_path_factory.mktemp("hf") / "hf"
-    export_hf(NVEmbedModel(tiny_config(tokenizer_file, **{"pooling.type": "mean"})), str(out))
+    export_hf(NVEmbedNetwork(tiny_config(tokenizer_file, **{"pooling.type": "mean"})), str(out))
     return out
 
 
@@ -171,21 +171,20 @@ def _compose(tmp_path: Path, base: Path, extra: list[str]):
 def test_train_refuses_before_restoring_weights(case, tiny_nemo, tmp_path, monkeypatch):
     from nemo_nvembed import train
     from nemo_nvembed.checks.errors import UserError
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
     from test_faults import damaged_nemo
 
     damaged_nemo(tiny_nemo, tmp_path / "text.nemo", "text")
     extra, expected = TRAIN_CASES[case]
     cfg = _compose(tmp_path, tiny_nemo, extra)
     restored = []
-    real = NVEmbedModel.restore_from.__func__
+    real = NVEmbedNetwork.load.__func__
 
     def spy(cls, path, *a, **kw):
-        if not kw.get("return_config"):
-            restored.append(path)
+        restored.append(path)
         return real(cls, path, *a, **kw)
 
-    monkeypatch.setattr(NVEmbedModel, "restore_from", classmethod(spy))
+    monkeypatch.setattr(NVEmbedNetwork, "load", classmethod(spy))
     with pytest.raises(UserError) as e:
         train.run(cfg)
     assert expected.format(tmp=tmp_path) in str(e.value), str(e.value)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from command_errors import refused
 from conftest import tiny_config
 from nemo_nvembed import encode
 
@@ -24,19 +25,19 @@ LINES = [
 
 @pytest.fixture(scope="module")
 def tiny_nemo(tmp_path_factory, tokenizer_file, single_process):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.nemo"
-    NVEmbedModel(tiny_config(tokenizer_file, **{"pooling.type": "mean"})).save_to(str(path))
+    NVEmbedNetwork(tiny_config(tokenizer_file, **{"pooling.type": "mean"})).save_to(str(path))
     return path
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_nemo):
     """Each line embedded on its own by model.encode: [n, d]."""
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
-    model = NVEmbedModel.load(str(tiny_nemo))
+    model = NVEmbedNetwork.load(str(tiny_nemo))
     return np.concatenate([model.encode([x["text"]], instruction=x.get("instruction")).numpy() for x in LINES])
 
 
@@ -86,9 +87,9 @@ def test_parquet_ids(tiny_nemo, reference, tmp_path):
     ([{"text": "a", "id": 1.5}], "o.npy", "in.jsonl:1: field 'id' must be a non-empty string or an integer"),
     ([{"text": "a"}], "o.txt", "o.txt: output must end in .npy or .parquet"),
 ])
-def test_errors_before_the_model_loads(tmp_path, lines, output, message):
+def test_errors_before_the_model_loads(tmp_path, capsys, lines, output, message):
     inp = write(tmp_path / "in.jsonl", lines)
     model = tmp_path / "never_loaded.nemo"  # exists (paths are checked first) but is no model: loading it would fail otherwise
     model.write_text("not a model\n")
-    with pytest.raises(SystemExit, match=message):
-        encode.main(["--model", str(model), "--input", str(inp), "--output", str(tmp_path / output)])
+    err = refused(capsys, encode.main, ["--model", str(model), "--input", str(inp), "--output", str(tmp_path / output)])
+    assert err.endswith(message), err

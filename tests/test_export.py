@@ -165,22 +165,22 @@ def test_export_matches_independent_reference(make_tiny, tmp_path, family):
 def _tp2_worker(rank, world, tokenizer_file, tmp):
     from nemo_nvembed import convert, export
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     distributed.initialize(2, seed=5)
-    model = NVEmbedModel(tiny_config(tokenizer_file, **TINY)).eval()
+    model = NVEmbedNetwork(tiny_config(tokenizer_file, **TINY)).eval()
     randomize(model, seed=11)
     model.save_to(os.path.join(tmp, "tp2.nemo"))
     emb = (model.encode(QUERIES, instruction=INSTRUCTION), model.encode(DOCS))
     export.main(["hf", "--model", os.path.join(tmp, "tp2.nemo"), "--out", os.path.join(tmp, "hf_tp2")])  # TP = 2 processes
     convert.main(["from-hf", os.path.join(tmp, "hf_tp2"), "--out", os.path.join(tmp, "imported_tp2.nemo"), "--tp", "2"])
-    imported = NVEmbedModel.restore_from(os.path.join(tmp, "imported_tp2.nemo")).eval()
+    imported = NVEmbedNetwork.load(os.path.join(tmp, "imported_tp2.nemo"), tp=None).eval()
     return emb, (imported.encode(QUERIES, instruction=INSTRUCTION), imported.encode(DOCS))
 
 
 def test_tp2_export_import_round_trip(tokenizer_file, single_process, tmp_path):
     from nemo_nvembed import convert, export
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     tmp = str(tmp_path)
     (ref, imported_tp2), (ref1, _) = run_distributed(_tp2_worker, 2, tokenizer_file, tmp, timeout_s=300)
@@ -199,7 +199,7 @@ def test_tp2_export_import_round_trip(tokenizer_file, single_process, tmp_path):
 
     convert.main(["from-hf", os.path.join(tmp, "hf_tp1"), "--out", os.path.join(tmp, "imported_tp1.nemo")])
     for path in ("imported_tp1.nemo", "imported_tp2.nemo"):
-        model = NVEmbedModel.restore_from(os.path.join(tmp, path)).eval()
+        model = NVEmbedNetwork.load(os.path.join(tmp, path), tp=None).eval()
         assert model.cfg.pooling.type == "latent_attention" and model.cfg.pooling.dim_head == 24
         got = (model.encode(QUERIES, instruction=INSTRUCTION), model.encode(DOCS))
         for a, b in zip(got, ref):
@@ -214,7 +214,7 @@ def test_import_released_style_folder(make_tiny, tmp_path):
     """
     from nemo_nvembed import convert
     from nemo_nvembed.interop.hf_export import export_hf
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     model = make_tiny(**TINY, **{"tokenizer.add_bos": True}).eval()
     randomize(model, seed=8)
@@ -228,7 +228,7 @@ def test_import_released_style_folder(make_tiny, tmp_path):
     del tok_cfg["tokenizer_class"]
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     convert.main(["from-hf", str(out), "--out", str(tmp_path / "released.nemo")])
-    back = NVEmbedModel.restore_from(str(tmp_path / "released.nemo")).eval()
+    back = NVEmbedNetwork.load(str(tmp_path / "released.nemo"), tp=None).eval()
     assert back.cfg.lora.enabled and back.cfg.lora.rank == 16  # fresh LoRA from mistral_7b.yaml (B = 0)
     assert back.cfg.pool_span == "nvembed_v2" and back.cfg.attention == "bidirectional"
     for texts, instruction in ((QUERIES, INSTRUCTION), (DOCS, None)):
@@ -240,7 +240,7 @@ def test_import_released_style_folder(make_tiny, tmp_path):
     assert (back.encode(DOCS) - model.encode(DOCS)).abs().max() > 1e-3
 
     convert.main(["from-hf", str(out), "--out", str(tmp_path / "exact.nemo"), "model.pool_span=exact"])
-    exact = NVEmbedModel.restore_from(str(tmp_path / "exact.nemo")).eval()
+    exact = NVEmbedNetwork.load(str(tmp_path / "exact.nemo"), tp=None).eval()
     torch.testing.assert_close(exact.encode(QUERIES, instruction=INSTRUCTION), model.encode(QUERIES, instruction=INSTRUCTION),
                                rtol=1e-5, atol=2e-6)
 
@@ -249,7 +249,7 @@ def test_import_released_style_folder(make_tiny, tmp_path):
 def test_mean_pooling_exports_backbone_only_and_round_trips(make_tiny, tmp_path):
     from nemo_nvembed import convert
     from nemo_nvembed.interop.hf_export import export_hf
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     model = make_tiny(**TINY, **{"pooling.type": "mean"}).eval()
     randomize(model, seed=4)
@@ -259,7 +259,7 @@ def test_mean_pooling_exports_backbone_only_and_round_trips(make_tiny, tmp_path)
     assert cfg["pooling"] == {"type": "mean", "normalize": True}
     assert all(k.startswith("embedding_model.") for k in sd)
     convert.main(["from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mean.nemo")])
-    back = NVEmbedModel.restore_from(str(tmp_path / "mean.nemo")).eval()
+    back = NVEmbedNetwork.load(str(tmp_path / "mean.nemo"), tp=None).eval()
     assert back.cfg.pooling.type == "mean"
     torch.testing.assert_close(back.encode(QUERIES, instruction=INSTRUCTION), model.encode(QUERIES, instruction=INSTRUCTION),
                                rtol=1e-5, atol=2e-6)

@@ -180,10 +180,10 @@ def test_second_launch_is_refused_and_dead_holders_are_taken_over(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_nemo(tmp_path_factory, tokenizer_file, single_process):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     path = tmp_path_factory.mktemp("nemo") / "tiny.nemo"
-    NVEmbedModel(tiny_config(tokenizer_file)).save_to(str(path))
+    NVEmbedNetwork(tiny_config(tokenizer_file)).save_to(str(path))
     return path
 
 
@@ -207,13 +207,13 @@ def damaged_nemo(src: Path, dst: Path, damage: str) -> Path:
                                          ("bitflip", "do not match the checksum")])
 def test_damaged_nemo_is_refused_naming_path(tiny_nemo, tmp_path, damage, why, single_process):
     from nemo_nvembed.models.checkpoint import NemoFileError
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     bad = damaged_nemo(tiny_nemo, tmp_path / f"{damage}.nemo", damage)
     with pytest.raises(NemoFileError, match=why) as e:
-        NVEmbedModel.load(str(bad))
+        NVEmbedNetwork.load(str(bad))
     assert str(bad) in str(e.value)
-    NVEmbedModel.load(str(tiny_nemo))  # the intact file still restores (and its checksum verifies)
+    NVEmbedNetwork.load(str(tiny_nemo))  # the intact file still restores (and its checksum verifies)
 
 
 # ---------------------------------------------------------------- non-finite steps on 2 ranks

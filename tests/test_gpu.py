@@ -22,10 +22,10 @@ needs_te = pytest.mark.skipif(importlib.util.find_spec("transformer_engine") is 
 def test_transformer_engine_spec_matches_hf_layout(tokenizer_file):
     """With TE + CUDA the backbone uses TE layer specs; its embeddings equal the CPU/local path's."""
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     distributed.initialize(1)
-    model = NVEmbedModel(tiny_config(tokenizer_file, **{"lora.target_modules": "[linear_proj,linear_fc2]"})).cuda().eval()
+    model = NVEmbedNetwork(tiny_config(tokenizer_file, **{"lora.target_modules": "[linear_proj,linear_fc2]"})).cuda().eval()
     assert model.backbone.uses_te
     texts = ["a GPU smoke test", "with two texts"]
     a = model.encode(texts, instruction="Find it")
@@ -46,8 +46,8 @@ def test_cuda_embeddings_match_the_cpu_path(make_tiny, tmp_path):
     torch.testing.assert_close(model.encode(TEXTS[:1], instruction="Find it").cpu(), gpu[:1], rtol=1e-3, atol=1e-4)
     path, npy = tmp_path / "tiny.nemo", tmp_path / "cpu.npy"
     model.save_to(str(path))
-    script = ("import numpy as np\nfrom nemo_nvembed.models.nvembed import NVEmbedModel\n"
-              f"m = NVEmbedModel.load({str(path)!r}, tp=1)\n"
+    script = ("import numpy as np\nfrom nemo_nvembed.models.network import NVEmbedNetwork\n"
+              f"m = NVEmbedNetwork.load({str(path)!r}, tp=1)\n"
               f"np.save({str(npy)!r}, m.encode({TEXTS!r}, instruction='Find it').numpy())\n")
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     torch.testing.assert_close(gpu, torch.from_numpy(np.load(npy)), rtol=1e-3, atol=1e-4)

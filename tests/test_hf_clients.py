@@ -60,12 +60,12 @@ CLIENT_SCRIPT = textwrap.dedent('''
 def exported(tokenizer_file, single_process, tmp_path_factory):
     """{variant: (folder, our query embeddings, our document embeddings, model)} and the clients' results."""
     from nemo_nvembed.interop.hf_export import export_hf
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     tmp = tmp_path_factory.mktemp("hf_clients")
     ours = {}
     for i, (name, overrides) in enumerate(VARIANTS.items()):
-        model = NVEmbedModel(tiny_config(tokenizer_file, **TINY, **overrides)).eval()
+        model = NVEmbedNetwork(tiny_config(tokenizer_file, **TINY, **overrides)).eval()
         randomize(model, seed=20 + i)
         export_hf(model, str(tmp / name))
         ours[name] = (str(tmp / name), model.encode(QUERIES, instruction=NQ), model.encode(DOCS), model)

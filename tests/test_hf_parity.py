@@ -36,14 +36,14 @@ def our_hidden(model, ids, att):
 
 
 def build_from_hf(hf_cfg: dict, hf_sd, tokenizer_file, tok_cfg, attention):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     cfg = OmegaConf.load(REPO / "conf" / "model" / "tiny.yaml")
     b = backbone_config(hf_cfg)
     cfg.backbone = OmegaConf.merge(cfg.backbone, b)
     cfg.tokenizer = OmegaConf.merge(cfg.tokenizer, tok_cfg, {"file": tokenizer_file})
     cfg.attention = attention
-    model = NVEmbedModel(cfg).eval()
+    model = NVEmbedNetwork(cfg).eval()
     full = model.full_state_dict()
     full.update(hf_to_megatron(hf_sd, b))
     model.load_full_state_dict(full)

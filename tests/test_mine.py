@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from nemo_nvembed.prep import demo_corpus as dd
 from nemo_nvembed import mine
-from nemo_nvembed.data.beir import RetrievalSet, read_retrieval_set
-from nemo_nvembed.prep import mining as mn
+from nemo_nvembed.converters import mining as mn
+from nemo_nvembed.data.beir_folder import RetrievalSet, read_retrieval_set
+from nemo_nvembed.data.bm25 import Bm25, text_key
+from nemo_nvembed.recipes.demo_corpus.build import DemoDataConfig
+from nemo_nvembed.recipes.demo_corpus.stdlib_docs import collect_module, dedupe
 from nemo_nvembed.data.jsonl import load_examples
 from nemo_nvembed.data.tasks import TaskRegistry
 
@@ -34,8 +36,8 @@ def registry():
 def beir(tmp_path_factory) -> Path:
     """summary -> docstring body; plus a planted copy of a positive, a second positive for one query,
     a qrel to a missing document, a query without qrels and a judged non-relevant qrel."""
-    cfg = dd.DemoDataConfig()
-    items, _ = dd.dedupe([i for m in MODULES for i in dd.collect_module(m, cfg)])
+    cfg = DemoDataConfig()
+    items, _ = dedupe([i for m in MODULES for i in collect_module(m, cfg.min_summary_words, cfg.max_chars)])
     items = [i for i in items if len(i.body.split()) >= 20]
     assert len(items) > 150
     corpus = [{"_id": i.id, "title": "", "text": i.body} for i in items]
@@ -88,7 +90,7 @@ def check_rows(path: Path, data: RetrievalSet, registry, num_negatives: int) -> 
     for ex in exs:
         qid = qid_of[ex.query]
         for neg, nid in zip(ex.neg, ex.neg_ids):
-            assert dd.text_key(neg) != dd.text_key(ex.pos)
+            assert text_key(neg) != text_key(ex.pos)
             assert (qid, nid) not in rel
     return exs
 
@@ -118,8 +120,8 @@ def test_bm25_matches_reference_and_threshold(beir, tmp_path):
     pairs, summary = mn.mine(data, mn.Bm25Teacher(data.doc_texts), top_k, n, perc_pos, progress=False)
     assert summary.candidate_drops["score >= perc_pos x positive's"] > 0  # the filter is exercised
     assert summary.candidate_drops["same text as a positive"] >= 1  # the planted copy of the first body
-    index = dd.Bm25(data.doc_texts)
-    keys = [dd.text_key(t) for t in data.doc_texts]
+    index = Bm25(data.doc_texts)
+    keys = [text_key(t) for t in data.doc_texts]
     doc_index = {d: i for i, d in enumerate(data.doc_ids)}
     qtext = dict(zip(data.query_ids, data.query_texts))
     for m in pairs:
@@ -150,15 +152,15 @@ def test_select_negatives_rules():
 
 @pytest.fixture(scope="module")
 def tiny_nemo(tmp_path_factory, tokenizer_file, single_process):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.nemo"
-    NVEmbedModel(tiny_config(tokenizer_file, **{"pooling.type": "mean"})).save_to(str(path))
+    NVEmbedNetwork(tiny_config(tokenizer_file, **{"pooling.type": "mean"})).save_to(str(path))
     return path
 
 
 def test_dense_teacher(beir, tmp_path, registry, tiny_nemo):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     out = tmp_path / "dense.jsonl"
     perc_pos, top_k, n = 0.99, 40, 4
@@ -168,13 +170,13 @@ def test_dense_teacher(beir, tmp_path, registry, tiny_nemo):
     exs = check_rows(out, data, registry, n)
     assert len(exs) == summary.pairs_written > 0
     # Recompute cosines with the model itself, and the selection with the plain reference.
-    model = NVEmbedModel.load(str(tiny_nemo))
+    model = NVEmbedNetwork.load(str(tiny_nemo))
     instr = registry[TASK].eval_instruction
     docs = model.encode(data.doc_texts, batch_size=64).numpy()
     docs /= np.linalg.norm(docs, axis=1, keepdims=True)
     qs = model.encode(data.query_texts, instruction=instr, batch_size=64).numpy()
     qs /= np.linalg.norm(qs, axis=1, keepdims=True)
-    keys = [dd.text_key(t) for t in data.doc_texts]
+    keys = [text_key(t) for t in data.doc_texts]
     doc_index = {d: i for i, d in enumerate(data.doc_ids)}
     qrow = {t: i for i, t in enumerate(data.query_texts)}
     checked = 0

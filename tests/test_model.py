@@ -49,9 +49,9 @@ def test_instruction_is_attended_but_not_pooled(make_tiny):
 
 
 def test_bos_is_attended_not_pooled(tokenizer_file, single_process):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
-    model = NVEmbedModel(tiny_config(tokenizer_file, **{"tokenizer.add_bos": True}))
+    model = NVEmbedNetwork(tiny_config(tokenizer_file, **{"tokenizer.add_bos": True}))
     b = model.text(["hello"], instruction=None)
     assert b.input_ids[0, 0] == model.tokenizer.bos_token_id and b.pool_mask[0, 0] == 0
     assert b.pool_mask[0, 1:].all()
@@ -61,9 +61,9 @@ def test_nvembed_v2_pool_span_counts_the_prefix_from_bos(tokenizer_file, single_
     """pool_span=nvembed_v2 (the released client): documents pool BOS; a query masks len(tokenize(prefix))
     leading positions, BOS among them. tests/test_export.py checks it against the released algorithm."""
     from nemo_nvembed.models.config import ConfigError, validate_model_config
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
-    model = NVEmbedModel(tiny_config(tokenizer_file, **{"tokenizer.add_bos": True, "pool_span": "nvembed_v2"}))
+    model = NVEmbedNetwork(tiny_config(tokenizer_file, **{"tokenizer.add_bos": True, "pool_span": "nvembed_v2"}))
     d = model.text(["hello there"])
     assert d.input_ids[0, 0] == model.tokenizer.bos_token_id and torch.equal(d.pool_mask, d.attention_mask)
     prefix = "Instruct: Retrieve it\nQuery: "
@@ -82,8 +82,8 @@ def test_truncation_keeps_eos(make_tiny):
 
 RESTORE_SCRIPT = """
 import sys, torch
-from nemo_nvembed.models.nvembed import NVEmbedModel
-m = NVEmbedModel.load(sys.argv[1])
+from nemo_nvembed.models.network import NVEmbedNetwork
+m = NVEmbedNetwork.load(sys.argv[1])
 torch.save(m.encode(["alpha beta", "gamma"], instruction="Find"), sys.argv[2])
 """
 
@@ -96,10 +96,17 @@ def test_nemo_round_trip_in_fresh_process(make_tiny, tmp_path):
     subprocess.run([sys.executable, "-c", RESTORE_SCRIPT, str(path), str(out)], check=True, capture_output=True)
     torch.testing.assert_close(torch.load(out), model.encode(["alpha beta", "gamma"], instruction="Find"), rtol=0, atol=0)
     # The saved config names no `target` (NeMo 3 would refuse it) but records our class.
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
-    conf = NVEmbedModel.restore_from(str(path), return_config=True)
-    assert "target" not in conf and conf.nvembed_class == "nemo_nvembed.models.nvembed.NVEmbedModel"
+    from nemo_nvembed.models.checkpoint import NEMO_CLASS
+    from nemo_nvembed.training.nemo_model import NVEmbedModel
+
+    conf = NVEmbedNetwork.read_config(str(path))
+    assert "target" not in conf and conf.nvembed_class == NEMO_CLASS
+    assert NEMO_CLASS == f"{NVEmbedModel.__module__}.{NVEmbedModel.__qualname__}"
+    # The NeMo model class restores the same file (the network inside it) and embeds alike.
+    again = NVEmbedModel.restore_from(str(path))
+    torch.testing.assert_close(again.network.encode(["alpha beta"]), model.encode(["alpha beta"]), rtol=0, atol=0)
 
 
 def test_released_head_layout_on_meta(single_process):
@@ -163,7 +170,7 @@ def test_unsupported_layout_fails_before_weights(tokenizer_file):
 def test_only_lora_and_head_train(make_tiny):
     model = make_tiny()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or n.startswith("latent_attention_model.") for n in trainable)
+    assert trainable and all("lora_" in n or n.startswith("pooler.") for n in trainable)
     assert any("lora_" in n for n in trainable)
 
 

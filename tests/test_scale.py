@@ -26,10 +26,10 @@ def random_model(tokenizer_file, **overrides):
 
 def _gc_worker(rank, world, tokenizer_file, full, data):
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     distributed.initialize(1)
-    model = NVEmbedModel(tiny_config(tokenizer_file)).train()
+    model = NVEmbedNetwork(tiny_config(tokenizer_file)).train()
     model.load_full_state_dict(full)
     out = []
     # In batch order: 4 queries per rank in chunks of 3 (a last partial chunk of 1); 16 passages in
@@ -68,14 +68,14 @@ def test_dropout_is_really_on_and_replayed(tokenizer_file, single_process, tmp_p
 
 
 def test_recompute_gives_the_same_gradients(tokenizer_file, single_process, tmp_path):
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     data = tmp_path / "train.jsonl"
     write_examples(data)
     model, full = random_model(tokenizer_file)
     ref = make_step(model, data, 8, 0, 1, {"chunk_size": 5})
     for granularity in ("full", "selective"):
-        rc = NVEmbedModel(tiny_config(tokenizer_file, **{"recompute.granularity": granularity})).train()
+        rc = NVEmbedNetwork(tiny_config(tokenizer_file, **{"recompute.granularity": granularity})).train()
         rc.load_full_state_dict(full)
         got = make_step(rc, data, 8, 0, 1, {"chunk_size": 5})
         torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-6)

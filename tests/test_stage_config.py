@@ -95,7 +95,7 @@ def test_head_lr_mult_puts_the_pooling_head_in_its_own_group(make_tiny):
     cfg = validate_stage_config(compose("stage1", ["train.optim.lr=1e-3", "train.optim.warmup_steps=2",
                                                    "train.optim.head_lr_mult=10"])).train
     groups = param_groups(model, cfg.optim)
-    head = {id(p) for p in model.latent_attention_model.parameters()}
+    head = {id(p) for p in model.pooler.parameters()}
     assert {id(p) for p in groups[1]["params"]} == head and not head & {id(p) for p in groups[0]["params"]}
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == sum(p.requires_grad for p in model.parameters())
     opt, sched = build_optimizer(groups, cfg.optim, max_steps=10)

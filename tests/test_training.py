@@ -69,10 +69,10 @@ def _grads_for(model, data_path, global_batch, dp_rank, dp_size, in_batch):
 
 def _dp_worker(rank, world, tokenizer_file, full, data_path, in_batch):
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     distributed.initialize(1)  # TP=1, DP=2
-    model = NVEmbedModel(tiny_config(tokenizer_file, **{"lora.dropout": 0.0}))
+    model = NVEmbedNetwork(tiny_config(tokenizer_file, **{"lora.dropout": 0.0}))
     model.load_full_state_dict(full)
     return _grads_for(model, data_path, 8, rank, world, in_batch)
 
@@ -107,8 +107,8 @@ def torchrun_cmd(run_root: Path, base: Path, data: Path, max_steps: int, extra=(
 def tiny_base(tmp_path_factory, tokenizer_file):
     path = tmp_path_factory.mktemp("base") / "tiny_base.nemo"
     script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
-              "from conftest import tiny_config\nfrom nemo_nvembed.models.nvembed import NVEmbedModel\n"
-              f"NVEmbedModel.from_config(tiny_config({tokenizer_file!r})).save_to({str(path)!r})\n")
+              "from conftest import tiny_config\nfrom nemo_nvembed.models.network import NVEmbedNetwork\n"
+              f"NVEmbedNetwork.from_config(tiny_config({tokenizer_file!r})).save_to({str(path)!r})\n")
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
     return path
 

@@ -90,9 +90,9 @@ def from_hf(src_name: str, out: str, tp_wanted: int, model_config: str | None, o
         world = distributed.read_env().world_size
         tp = tp_wanted if world % tp_wanted == 0 and world >= tp_wanted else 1
         distributed.initialize(tp, seed=cfg.seed)
-        from nemo_nvembed.models.nvembed import NVEmbedModel
+        from nemo_nvembed.models.network import NVEmbedNetwork
 
-        model = NVEmbedModel(cfg)
+        model = NVEmbedNetwork(cfg)
         full = model.full_state_dict()
         full.update(hf_to_megatron(src.state_dict, bcfg))
         if src.nvembed is not None:  # the trained head too

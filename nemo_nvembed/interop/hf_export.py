@@ -152,7 +152,7 @@ def _refuse_existing(out: str) -> None:
 
 
 def export_hf(model, out: str, dtype: torch.dtype = torch.float32, name_or_path: str | None = None) -> None:
-    """Write ``model`` (an ``NVEmbedModel``) to ``out`` in NV-Embed-v2's layout, loadable by HF clients.
+    """Write ``model`` (an ``NVEmbedNetwork``) to ``out`` in NV-Embed-v2's layout, loadable by HF clients.
 
     Every rank must call it (the weights are gathered over the TP group); global rank 0 writes.
     ``name_or_path`` (``text_config._name_or_path``, where NV-Embed-v2's own client loads the
@@ -191,7 +191,7 @@ def export_hf(model, out: str, dtype: torch.dtype = torch.float32, name_or_path:
 
 def export_nemo(model_path: str, out: str, tp: int | None, dtype: str, name_or_path: str | None = None) -> None:
     """``python -m nemo_nvembed.export hf``: load `model_path` under `tp` (default: the number of processes), export."""
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
-    model = NVEmbedModel.load(model_path, tp=tp or distributed.read_env().world_size)
+    model = NVEmbedNetwork.load(model_path, tp=tp or distributed.read_env().world_size)
     export_hf(model, out, DTYPES[dtype], name_or_path)

@@ -11,7 +11,7 @@ Sources: a folder with ``config.json`` + ``*.safetensors`` (+ tokenizer files), 
 A folder in NV-Embed-v2's layout (``config.json`` with ``text_config`` and usually
 ``latent_attention_config``; weights ``embedding_model.*`` and ``latent_attention_model.*``; see
 the released ``nvidia/NV-Embed-v2`` on the Hugging Face Hub) is recognised too: its ``text_config`` is the backbone's HF config
-and the head's released names map 1:1 onto ours under ``latent_attention_model.head.``
+and the head's released names map 1:1 onto ours under ``pooler.head.``
 (:func:`head_from_hf` / :func:`head_to_hf`). ``nemo_nvembed.export`` writes that layout.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from nemo_nvembed.checks.errors import UserError
 
 PREFIX = "backbone."
-HEAD_PREFIX = "latent_attention_model.head."  # ours
+HEAD_PREFIX = "pooler.head."  # ours
 HF_HEAD_PREFIX = "latent_attention_model."  # NV-Embed-v2's
 HF_BACKBONE_PREFIX = "embedding_model."  # NV-Embed-v2's
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -168,7 +168,7 @@ def hf_text_config(b, tok) -> dict:
 
 
 def head_to_hf(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our ``latent_attention_model.head.*`` -> NV-Embed-v2's ``latent_attention_model.*`` (same tensors)."""
+    """Our ``pooler.head.*`` -> NV-Embed-v2's ``latent_attention_model.*`` (same tensors)."""
     return {HF_HEAD_PREFIX + k[len(HEAD_PREFIX):]: v for k, v in full.items() if k.startswith(HEAD_PREFIX)}
 
 

@@ -1,13 +1,18 @@
 """``.nemo`` files that do not depend on the tensor-parallel size they were saved with.
 
+One archive (NeMo's layout: ``model_config.yaml``, ``model_weights.ckpt`` and the tokenizer file as
+an artifact, ``nemo:<name>``) written and read here for the network
+(:class:`~nemo_nvembed.models.network.NVEmbedNetwork`); the NeMo model class that trains it
+(:class:`nemo_nvembed.training.nemo_model.NVEmbedModel`) saves and restores through the same two
+functions, so inference restores exactly what training wrote.
+
 Weights are stored in the full (TP=1) layout (:mod:`tp_layout`), gathered from all TP ranks at
 save time and re-split for the restoring process's TP size at load time, so a model trained with
 TP=2 restores under TP=1 and TP=2 alike.
 
 NeMo 3.0 refuses to instantiate a saved ``target`` outside its approved namespaces
-(``UnsafeTargetError``) and falls back to the calling class when the config has none. We rely on
-that deliberately: the saved config carries no ``target``, the class is recorded under
-``nvembed_class`` instead, and restoring checks that it names the class asked to restore.
+(``UnsafeTargetError``). We never ask it to: the saved config carries no ``target``; the NeMo
+class is recorded under ``nvembed_class`` and restoring checks that it is ours.
 
 Integrity: the sha256 of the weights file is stored in the config (``nvembed_weights_sha256``) and
 checked at restore before the weights are read, so a truncated or bit-flipped ``.nemo`` is refused
@@ -19,20 +24,24 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 import zipfile
 
 import torch
 from nemo.core.connectors.save_restore_connector import SaveRestoreConnector
-from omegaconf import OmegaConf
+from nemo.utils import logging
+from omegaconf import DictConfig, OmegaConf
 
 from nemo_nvembed.checks.errors import UserError
 
 FORMAT_VERSION = 1
-# Where the model class lived before the package split: files saved then name it so.
-LEGACY_CLASS_NAMES = {"nemo_nvembed.model.NVEmbedModel": "nemo_nvembed.models.nvembed.NVEmbedModel"}
-
+CONFIG_MEMBER, WEIGHTS_MEMBER = "model_config.yaml", "model_weights.ckpt"
+# The NeMo model class a .nemo holds (models/ cannot import training/, so by name; a test in
+# tests/test_model.py checks it names the real class) and where it lived before.
+NEMO_CLASS = "nemo_nvembed.training.nemo_model.NVEmbedModel"
+LEGACY_CLASS_NAMES = ("nemo_nvembed.model.NVEmbedModel", "nemo_nvembed.models.nvembed.NVEmbedModel")
 
 WEIGHTS_SHA_KEY = "nvembed_weights_sha256"
 READ_ERRORS = (tarfile.TarError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, UnicodeDecodeError)
@@ -50,97 +59,108 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-class TPAgnosticConnector(SaveRestoreConnector):
-    def save_full(self, model, full_state_dict: dict[str, torch.Tensor], save_path: str) -> None:
-        """Write config, artifacts and full-layout weights; call on one rank only."""
-        os.makedirs(os.path.dirname(os.path.abspath(save_path)), exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmpdir:
-            weights = os.path.join(tmpdir, self.model_weights_ckpt)
-            self._save_state_dict_to_disk(full_state_dict, weights)
-            config_yaml = os.path.join(tmpdir, self.model_config_yaml)
-            model.to_config_file(path2yaml_file=config_yaml)
-            if model.has_native_or_submodules_artifacts():
-                self._handle_artifacts(model, nemo_file_folder=tmpdir)
-                self._update_artifact_paths(model, path2yaml_file=config_yaml)
-            conf = OmegaConf.load(config_yaml)
-            conf.pop("target", None)
-            conf.nvembed_class = f"{type(model).__module__}.{type(model).__qualname__}"
-            conf.nvembed_format = FORMAT_VERSION
-            conf[WEIGHTS_SHA_KEY] = _sha256(weights)
-            OmegaConf.save(conf, config_yaml)
-            # Write next to the destination, then rename: a crash mid-save never clobbers a
-            # finished file at save_path.
-            partial = f"{save_path}.partial"
-            self._make_nemo_file_from_folder(filename=partial, source_dir=tmpdir)
-            os.replace(partial, save_path)
+# ---------------------------------------------------------------- write
 
-    def load_config_and_state_dict(self, calling_cls, restore_path, *args, **kwargs):
-        if not os.path.isfile(restore_path):
-            raise NemoFileError(f"{restore_path}: no such .nemo file" + (" (a directory)" if os.path.isdir(restore_path) else ""))
-        try:
-            with tarfile.open(restore_path) as tar:
-                names = {os.path.normpath(n) for n in tar.getnames()}
-        except READ_ERRORS + (OSError,) as e:
-            raise NemoFileError(f"{restore_path}: not a readable .nemo archive ({type(e).__name__}: {e})") from None
-        for member in (self.model_config_yaml, self.model_weights_ckpt):
-            if member not in names:
-                raise NemoFileError(f"{restore_path}: not a .nemo written by nemo_nvembed (no {member} inside)")
-        try:
-            conf = super().load_config_and_state_dict(calling_cls, restore_path, None, None, True, True)
-        except READ_ERRORS as e:
-            raise NemoFileError(f"{restore_path}: damaged .nemo, its config cannot be read ({type(e).__name__}: {e})") from None
-        expected = f"{calling_cls.__module__}.{calling_cls.__qualname__}"
-        saved = conf.get("nvembed_class")
-        saved = LEGACY_CLASS_NAMES.get(saved, saved)
-        if saved is None or "target" in conf:
-            raise NemoFileError(f"{restore_path} was not written by nemo_nvembed (no 'nvembed_class' in its config)")
-        if saved != expected:
-            raise NemoFileError(f"{restore_path} holds a {saved}, not a {expected}")
-        self._restoring, self._expected_sha = restore_path, conf.get(WEIGHTS_SHA_KEY)
-        try:
-            return super().load_config_and_state_dict(calling_cls, restore_path, *args, **kwargs)
-        except READ_ERRORS as e:
-            raise NemoFileError(f"{restore_path}: damaged .nemo, its weights cannot be read ({type(e).__name__}: {e})") from None
 
-    def _load_state_dict_from_disk(self, model_weights, map_location=None):
-        expected = getattr(self, "_expected_sha", None)
+def save_nemo(cfg: DictConfig, tokenizer_file: str, full_state_dict: dict[str, torch.Tensor], save_path: str) -> None:
+    """Write config, tokenizer artifact and full-layout weights; call on one rank only.
+
+    Written next to the destination, then renamed: a crash mid-save never clobbers a finished file."""
+    save_path = str(save_path)
+    os.makedirs(os.path.dirname(os.path.abspath(save_path)), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        weights = os.path.join(tmpdir, WEIGHTS_MEMBER)
+        torch.save(full_state_dict, weights)
+        artifact = os.path.basename(tokenizer_file)
+        shutil.copyfile(tokenizer_file, os.path.join(tmpdir, artifact))
+        conf = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        conf.tokenizer.file = f"nemo:{artifact}"
+        conf.nvembed_class = NEMO_CLASS
+        conf.nvembed_format = FORMAT_VERSION
+        conf[WEIGHTS_SHA_KEY] = _sha256(weights)
+        OmegaConf.save(conf, os.path.join(tmpdir, CONFIG_MEMBER))
+        partial = f"{save_path}.partial"
+        SaveRestoreConnector._make_nemo_file_from_folder(filename=partial, source_dir=tmpdir)
+        os.replace(partial, save_path)
+
+
+# ---------------------------------------------------------------- read
+
+
+def _members(path: str) -> dict[str, tarfile.TarInfo]:
+    if not os.path.isfile(path):
+        raise NemoFileError(f"{path}: no such .nemo file" + (" (a directory)" if os.path.isdir(path) else ""))
+    try:
+        with SaveRestoreConnector._tar_open(path) as tar:
+            return {os.path.normpath(m.name): m for m in tar.getmembers() if m.isfile()}
+    except READ_ERRORS + (OSError,) as e:
+        raise NemoFileError(f"{path}: not a readable .nemo archive ({type(e).__name__}: {e})") from None
+
+
+def _extract(path: str, member: str, dest_dir: str, what: str) -> str:
+    try:
+        with SaveRestoreConnector._tar_open(path) as tar:
+            info = next((m for m in tar.getmembers() if os.path.normpath(m.name) == member), None)
+            if info is None:
+                raise NemoFileError(f"{path}: {what} {member} is missing")
+            target = os.path.join(dest_dir, os.path.basename(member))
+            with tar.extractfile(info) as src, open(target, "wb") as f:
+                shutil.copyfileobj(src, f)
+    except READ_ERRORS as e:
+        raise NemoFileError(f"{path}: damaged .nemo, its {what} cannot be read ({type(e).__name__}: {e})") from None
+    return target
+
+
+def read_config(path: str) -> DictConfig:
+    """The saved model config of a ``.nemo`` (no weights read); refuses files that are not ours."""
+    path = str(path)
+    names = _members(path)
+    for member in (CONFIG_MEMBER, WEIGHTS_MEMBER):
+        if member not in names:
+            raise NemoFileError(f"{path}: not a .nemo written by nemo_nvembed (no {member} inside)")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            conf = OmegaConf.load(_extract(path, CONFIG_MEMBER, tmp, "config"))
+        except Exception as e:  # noqa: BLE001 - any parse failure of a damaged member
+            raise NemoFileError(f"{path}: damaged .nemo, its config cannot be read ({type(e).__name__}: {e})") from None
+    saved = conf.get("nvembed_class") if isinstance(conf, DictConfig) else None
+    if saved is None or "target" in conf:
+        raise NemoFileError(f"{path} was not written by nemo_nvembed (no 'nvembed_class' in its config)")
+    if saved != NEMO_CLASS and saved not in LEGACY_CLASS_NAMES:
+        raise NemoFileError(f"{path} holds a {saved}, not a {NEMO_CLASS}")
+    return conf
+
+
+def tokenizer_file(path: str, conf: DictConfig, dest_dir: str) -> str:
+    """Extract the tokenizer artifact named by ``conf.tokenizer.file`` (``nemo:<name>``) into ``dest_dir``."""
+    name = str(conf.tokenizer.file).removeprefix("nemo:")
+    member = next((m for m in _members(str(path)) if os.path.basename(m) == name), None)
+    if member is None:
+        raise NemoFileError(f"{path}: tokenizer artifact {name} is missing")
+    return _extract(str(path), member, dest_dir, "tokenizer")
+
+
+def load_weights(path: str, conf: DictConfig) -> dict[str, torch.Tensor]:
+    """The full-layout weights, after checking them against the checksum stored at save time."""
+    path = str(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = _extract(path, WEIGHTS_MEMBER, tmp, "weights")
+        expected = conf.get(WEIGHTS_SHA_KEY)
         if expected is None:
-            from nemo.utils import logging
-
-            logging.warning(f"{getattr(self, '_restoring', model_weights)}: saved without a weights checksum; not verified")
-        elif _sha256(model_weights) != expected:
-            raise NemoFileError(f"{self._restoring}: the weights do not match the checksum stored at save time "
+            logging.warning(f"{path}: saved without a weights checksum; not verified")
+        elif _sha256(weights) != expected:
+            raise NemoFileError(f"{path}: the weights do not match the checksum stored at save time "
                                 f"(the file is corrupted); restore it from a good copy")
         try:
-            return super()._load_state_dict_from_disk(model_weights, map_location=map_location)
+            return torch.load(weights, map_location="cpu", weights_only=True)
         except (RuntimeError,) + READ_ERRORS as e:
-            raise NemoFileError(f"{getattr(self, '_restoring', model_weights)}: weights unreadable ({e})") from None
-
-    def modify_state_dict(self, conf, state_dict):
-        return state_dict
-
-    def load_instance_with_state_dict(self, instance, state_dict, strict):
-        instance.load_full_state_dict(state_dict, source="the .nemo weights")
-        instance._set_model_restore_state(is_being_restored=False)
+            raise NemoFileError(f"{path}: weights unreadable ({e})") from None
 
 
 def tokenizer_from_nemo(path: str, conf):
     """The tokenizer of a ``.nemo`` without building the model or reading its weights (``conf`` is
-    its config from ``restore_from(..., return_config=True)``): training data is checked with it
-    before any weight is restored."""
+    :func:`read_config`'s): training data is checked with it before any weight is restored."""
     from nemo_nvembed.models.text import load_tokenizer
 
-    name = str(conf.tokenizer.file).removeprefix("nemo:")
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            with tarfile.open(path) as tar:
-                member = next((m for m in tar.getmembers() if os.path.basename(m.name) == name), None)
-                if member is None:
-                    raise NemoFileError(f"{path}: tokenizer artifact {name} is missing")
-                src = tar.extractfile(member)
-                target = os.path.join(tmp, name)
-                with open(target, "wb") as f:
-                    f.write(src.read())
-        except READ_ERRORS as e:
-            raise NemoFileError(f"{path}: damaged .nemo, its tokenizer cannot be read ({type(e).__name__}: {e})") from None
-        return load_tokenizer(conf.tokenizer, target)
+        return load_tokenizer(conf.tokenizer, tokenizer_file(path, conf, tmp))

@@ -24,7 +24,7 @@ class RetrievalValidation(Callback):
         if self.history and self.history[-1][0] == step:
             return
         # Each data-parallel rank encodes a share (all TP ranks of a DP rank encode the same share).
-        metrics = score(DPShardedEncoder.for_current_run(model), self.data, self.instruction, self.batch_size,
+        metrics = score(DPShardedEncoder.for_current_run(model.network), self.data, self.instruction, self.batch_size,
                         self.precision)
         self.history.append((step, metrics))
         for logger in trainer.loggers:

@@ -1,7 +1,7 @@
 """The contrastive training step over the local batch, plain or GradCache (paper section 3.3, Table 5).
 
-Used by :class:`nemo_nvembed.training.contrastive.ContrastiveTraining`, which the model's
-``training_step`` delegates to.
+Called by the training step of :class:`nemo_nvembed.training.nemo_model.NVEmbedModel`
+on its network.
 """
 from __future__ import annotations
 

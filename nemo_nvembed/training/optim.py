@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 
 
-def param_groups(model, optim_cfg) -> list:
+def param_groups(network, optim_cfg) -> list:
     """Trainable parameters; with ``head_lr_mult`` != 1 the pooling head's are a second group at
     lr x head_lr_mult (one group otherwise, the layout older checkpoints' optimizer state has)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in network.parameters() if p.requires_grad]
     if optim_cfg.head_lr_mult == 1.0:
         return trainable
-    head = {id(p) for p in model.latent_attention_model.parameters()}
+    head = {id(p) for p in network.pooler.parameters()}
     return [{"params": [p for p in trainable if id(p) not in head]},
             {"params": [p for p in trainable if id(p) in head], "lr": optim_cfg.lr * optim_cfg.head_lr_mult}]
 

@@ -51,8 +51,7 @@ def run(cfg: DictConfig) -> Path | None:
     choose the checkpoint to resume from, restore ``init_from``, fit, save."""
     from nemo_nvembed.data.jsonl import load_examples
     from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.models.checkpoint import tokenizer_from_nemo
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.checkpoint import read_config, tokenizer_from_nemo
     from nemo_nvembed.parallel import distributed
     from nemo_nvembed.training.run_lock import RunLock
 
@@ -69,7 +68,7 @@ def run(cfg: DictConfig) -> Path | None:
         raise ConfigError(f"init_from: no .nemo at {cfg.init_from}")
 
     # Config and data are checked before any weight is restored: init_from's config and tokenizer only.
-    saved = NVEmbedModel.restore_from(cfg.init_from, return_config=True)
+    saved = read_config(cfg.init_from)
     check_architecture(saved, mcfg, cfg.init_from)
     registry = TaskRegistry.from_yaml(tcfg.data.tasks)
     tok = tokenizer_from_nemo(cfg.init_from, saved)
@@ -102,12 +101,12 @@ def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path) -> Path 
 
     from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.weights import sampling_registry
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
     from nemo_nvembed.parallel import distributed
     from nemo_nvembed.training import resume
     from nemo_nvembed.training.callbacks import RetrievalValidation
     from nemo_nvembed.training.checkpoint_io import ManifestCheckpointIO
-    from nemo_nvembed.training.contrastive import ContrastiveTraining
+    from nemo_nvembed.training.nemo_model import NVEmbedModel, StageData
     from nemo_nvembed.training.preemption import PreemptionCheckpoint
     from nemo_nvembed.training.run_info import write_run_info
     from nemo_nvembed.training.strategy import MegatronDPStrategy
@@ -122,7 +121,7 @@ def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path) -> Path 
     # init_from, which the stage config must describe (check_architecture).
     with open_dict(saved):
         saved.recompute = mcfg.recompute
-    model = NVEmbedModel.restore_from(cfg.init_from, override_config_path=saved)
+    network = NVEmbedNetwork.load(cfg.init_from, tp=None, cfg=saved)
     registry = sampling_registry(registry, loaded.summary.examples_per_task, tcfg.data)
     sampler = GlobalBatchSampler([e.task for e in loaded.examples], registry, tcfg.data.global_batch_size,
                                  distributed.dp_rank(), distributed.dp_size(), tcfg.data.seed, tcfg.data.sampling)
@@ -144,14 +143,12 @@ def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path) -> Path 
     log_dir = exp_manager(trainer, OmegaConf.create(OmegaConf.to_container(cfg.exp_manager)))
     if rank0:
         write_run_info(log_dir, cfg)
-    model.set_trainer(trainer)
-    training = ContrastiveTraining(tcfg, registry, loaded.examples, sampler, mcfg.seed, cfg.trainer.max_steps,
-                                   trace_dir=log_dir)
-    model.attach_training(training)
+    data = StageData(tcfg, registry, loaded.examples, sampler, cfg.trainer.max_steps, trace_dir=log_dir)
+    model = NVEmbedModel(network.cfg, trainer=trainer, network=network, data=data)
     try:
         trainer.fit(model, ckpt_path=str(decision.checkpoint) if decision.checkpoint else None)
     finally:
-        training.close()
+        model.close()
     if preemption.stopped:
         if rank0:
             print(f"stage {cfg.name} stopped by a signal at step {trainer.global_step}; relaunch to resume", flush=True)

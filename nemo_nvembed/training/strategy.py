@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 
+from nemo_nvembed.models.network import rename_legacy
 from nemo_nvembed.parallel import distributed, tp_layout
 from nemo_nvembed.training import grad_clip, replica_guard
 
@@ -73,7 +74,7 @@ class MegatronDPStrategy(DDPStrategy):
 
     def reduce_gradients(self) -> None:
         if distributed.dp_size() > 1:
-            sum_gradients(self.lightning_module.parameters(), distributed.dp_group())
+            sum_gradients(self._network.parameters(), distributed.dp_group())
 
     def clip_gradients(self, max_norm: float | None, algorithm: str | None) -> torch.Tensor | None:
         """``trainer.gradient_clip_val`` / ``gradient_clip_algorithm``, rank-consistent (called by the
@@ -81,7 +82,7 @@ class MegatronDPStrategy(DDPStrategy):
         global gradient norm before clipping (None when clipping is off)."""
         if not max_norm:
             return None
-        params = [p for p in self.lightning_module.parameters() if p.requires_grad]
+        params = [p for p in self._network.parameters() if p.requires_grad]
         if algorithm not in (None, "norm"):
             if algorithm != "value":
                 raise ValueError(f"trainer.gradient_clip_algorithm={algorithm!r}: use norm or value")
@@ -91,7 +92,7 @@ class MegatronDPStrategy(DDPStrategy):
 
     # ---------------------------------------------------------------- replica guard
     def check_replicas(self, where: str = "") -> None:
-        replica_guard.check_replicas(self.lightning_module.named_parameters(), self.lightning_module.trainer.global_step,
+        replica_guard.check_replicas(self._network.named_parameters(), self.lightning_module.trainer.global_step,
                                      distributed.tp_group(), distributed.dp_group(), where)
 
     def on_train_end(self) -> None:
@@ -99,18 +100,22 @@ class MegatronDPStrategy(DDPStrategy):
         self.check_replicas(" (end of training)")
 
     # ---------------------------------------------------------------- TP-independent checkpoints
+    @property
+    def _network(self):
+        return self.lightning_module.network  # parameter names as in the .nemo (no "network." prefix)
+
     def _trainable(self):
-        return [(n, p) for n, p in self.lightning_module.named_parameters() if p.requires_grad]
+        return [(n, p) for n, p in self._network.named_parameters() if p.requires_grad]
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         self.check_replicas(" (checkpoint save)")  # collective, like the gathers below
         return {tp_layout.canonical(n): tp_layout.gather_tensor(n, p).cpu() for n, p in self._trainable()}
 
     def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
-        model = self.lightning_module
-        full = model.full_state_dict()
-        full.update(checkpoint["state_dict"])
-        model.load_full_state_dict(full, source="the training checkpoint")
+        network = self._network
+        full = network.full_state_dict()
+        full.update(rename_legacy(checkpoint["state_dict"]))
+        network.load_full_state_dict(full, source="the training checkpoint")
 
     def optimizer_state(self, optimizer) -> dict[str, Any]:
         """Optimizer state with every per-parameter tensor gathered to the full layout."""

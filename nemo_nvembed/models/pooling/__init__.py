@@ -32,7 +32,8 @@ def pooling_type(name: str) -> type[PoolingType]:
 
 
 class Pooler(torch.nn.Module):
-    """Named ``latent_attention_model`` in the model so its parameters carry NV-Embed-v2's prefix."""
+    """The network's ``pooler``: the pooling type's head (``head``) and the optional L2 normalisation.
+    Exports map ``pooler.head.*`` to NV-Embed-v2's ``latent_attention_model.*`` (interop/hf_import.py)."""
 
     def __init__(self, pooling_cfg, hidden_size: int, config, tp: int):
         super().__init__()
