@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nemo_nvembed.checks import paths as checks
+from nemo_nvembed.checks import path_checks as checks
 from nemo_nvembed.checks.errors import exit_on_user_error
 
 

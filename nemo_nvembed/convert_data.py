@@ -1,6 +1,6 @@
 """``python -m nemo_nvembed.convert_data {classification,clustering,sts}``: non-retrieval data -> training JSONL.
 
-Library: :mod:`nemo_nvembed.prep.nonretrieval` (the construction rules are in its docstring).
+Library: :mod:`nemo_nvembed.converters.nonretrieval` (the construction rules are in its docstring).
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 
 from nemo_nvembed.checks.errors import exit_on_user_error
 from nemo_nvembed.paths import CONF
-from nemo_nvembed.prep import nonretrieval
+from nemo_nvembed.converters import nonretrieval
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +45,14 @@ def _parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    return nonretrieval.convert(_parser().parse_args(argv))
+    args = _parser().parse_args(argv)
+    if args.kind == "sts":
+        by_kind = dict(text1_col=args.text1_col, text2_col=args.text2_col, score_col=args.score_col,
+                       min_score=args.min_score, max_neg_relevance=args.max_neg_relevance)
+    else:
+        by_kind = dict(text_col=args.text_col, label_col=args.label_col, max_per_label=args.max_per_label)
+    return nonretrieval.convert(args.kind, args.input, args.task, args.out, args.tasks, args.num_negatives, args.seed,
+                                args.exclude, args.exclude_col, args.dedup_threshold, **by_kind)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from nemo_nvembed.checks import paths as checks
-from nemo_nvembed.checks.errors import exit_on_user_error
+from nemo_nvembed.checks import path_checks as checks
+from nemo_nvembed.checks.errors import UserError, exit_on_user_error
+from nemo_nvembed.inference.encode_file import encode_file
 
 SUFFIXES = (".npy", ".parquet")
 
@@ -43,14 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     suffix = Path(args.output).suffix.lower()
     if suffix not in SUFFIXES:
-        raise SystemExit(f"{args.output}: output must end in {' or '.join(SUFFIXES)}")
+        raise UserError(f"{args.output}: output must end in {' or '.join(SUFFIXES)}")
     for option in ("batch_size", "chunk_size", "tp") + (("max_length",) if args.max_length is not None else ()):
         checks.positive("--" + option.replace("_", "-"), getattr(args, option))
     checks.input_file(args.model, "--model")
     checks.input_file(args.input, "--input")
     checks.output_file(args.output, "--output")
-    from nemo_nvembed.inference.encode_file import encode_file
-
     encode_file(args.model, args.input, args.output, suffix, args.batch_size, args.max_length, args.precision,
                 args.tp, args.chunk_size)
 

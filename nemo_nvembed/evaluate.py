@@ -12,7 +12,9 @@ import argparse
 import json
 import sys
 
+from nemo_nvembed.checks import path_checks as checks
 from nemo_nvembed.checks.errors import exit_on_user_error
+from nemo_nvembed.data.beir_folder import load_beir
 
 
 @exit_on_user_error
@@ -27,17 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--tp", type=int, default=1)
     args = p.parse_args(argv)
-    from nemo_nvembed.checks import paths as checks
-    from nemo_nvembed.data.beir import load_beir
-    from nemo_nvembed.eval.beir import score
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    # heavy (torch, megatron): after the arguments parse, so --help and a typo answer at once
+    from nemo_nvembed.eval.retrieval_metrics import score
+    from nemo_nvembed.models.network import NVEmbedNetwork
     from nemo_nvembed.parallel import distributed
 
     checks.positive("--batch-size", args.batch_size)
     checks.positive("--tp", args.tp)
     checks.input_file(args.model, "--model")
     data = load_beir(args.beir, args.split)
-    model = NVEmbedModel.load(args.model, tp=args.tp)
+    model = NVEmbedNetwork.load(args.model, tp=args.tp)
     result = score(model, data, args.instruction, args.batch_size, args.precision, progress=True)
     if distributed.is_global_rank_zero():
         print(json.dumps({"model": args.model, "beir": args.beir, **result}))

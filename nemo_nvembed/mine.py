@@ -1,6 +1,6 @@
 """``python -m nemo_nvembed.mine``: hard negatives for a BEIR retrieval set -> training JSONL.
 
-Library: :mod:`nemo_nvembed.prep.mining` (the selection rules are in its docstring).
+Library: :mod:`nemo_nvembed.converters.mining` (the selection rules are in its docstring).
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 
 from nemo_nvembed.checks.errors import exit_on_user_error
 from nemo_nvembed.paths import CONF
-from nemo_nvembed.prep import mining
+from nemo_nvembed.converters import mining
 
 
 @exit_on_user_error

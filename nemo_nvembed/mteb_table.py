@@ -5,7 +5,7 @@
 writes ``DIR/tasks/<task>.json`` after each (a rerun resumes at the first task without one),
 then ``DIR/table.md`` and ``DIR/table.json``: per-category means, the 56-task average and
 BEIR-15, beside the paper's NV-Embed-v1 row. ``--table-only`` rewrites the table from the results
-present. Library: nemo_nvembed/eval/mteb_table.py; encoder: nemo_nvembed/mteb_encoder.py.
+present. Library: nemo_nvembed/eval/mteb_results.py; encoder: nemo_nvembed/mteb_encoder.py.
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from nemo_nvembed.checks.errors import exit_on_user_error
+from nemo_nvembed.checks.errors import UserError, exit_on_user_error
+from nemo_nvembed.data.tasks import TaskRegistry
+from nemo_nvembed.eval.mteb_results import format_table, paper_tasks, read_results, run_suite, table
 from nemo_nvembed.paths import CONF
 
 
@@ -32,14 +34,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--table-only", action="store_true", help="only aggregate the results already in --out")
     args = p.parse_args(argv)
 
-    from nemo_nvembed.eval.mteb_table import format_table, paper_tasks, read_results, run_suite, table
-
     tasks = paper_tasks()
     if args.tasks:
         wanted = [x.strip() for x in args.tasks.split(",") if x.strip()]
         unknown = sorted(set(wanted) - {n for n, _ in tasks})
         if unknown:
-            raise SystemExit(f"error: --tasks: not among the 56 tasks: {', '.join(unknown)}")
+            raise UserError(f"--tasks: not among the 56 tasks: {', '.join(unknown)}")
         selected = [t for t in tasks if t[0] in wanted]
     else:
         selected = tasks
@@ -47,15 +47,15 @@ def main(argv: list[str] | None = None) -> dict:
     rank0 = True
     if not args.table_only:
         if not args.model:
-            raise SystemExit("error: --model is required unless --table-only")
+            raise UserError("--model is required unless --table-only")
+        # the model side (torch, megatron, mteb's evaluators): not loaded for --table-only
         import mteb
 
-        from nemo_nvembed.data.tasks import TaskRegistry
-        from nemo_nvembed.models.nvembed import NVEmbedModel
+        from nemo_nvembed.models.network import NVEmbedNetwork
         from nemo_nvembed.eval.mteb import NVEmbedMTEBEncoder, _revision, run
         from nemo_nvembed.parallel import distributed
 
-        model = NVEmbedModel.load(args.model, tp=args.tp or distributed.read_env().world_size)
+        model = NVEmbedNetwork.load(args.model, tp=args.tp or distributed.read_env().world_size)
         rank0 = distributed.is_global_rank_zero()
         encoder = NVEmbedMTEBEncoder(model, registry=TaskRegistry.from_yaml(args.tasks_yaml),
                                      name=f"nemo_nvembed/{name}", revision=_revision(args.model),

@@ -7,7 +7,7 @@ Reads each set of the stage with `datasets` (from the Hub, or from local copies 
 ``--source-dir`` through the same call), converts it (section 4.2), filters near-duplicates of
 evaluation data, subsamples it to Table 6's count, mines hard negatives with the teacher and
 writes ``DIR/stage<N>.jsonl`` with a per-set report. Resumable per set. Library code:
-nemo_nvembed/prep/ (manifest, sources, build_set, teachers, run).
+nemo_nvembed/paper_data/ (manifest, sources, build_set, teachers, run).
 """
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ import argparse
 import sys
 
 from nemo_nvembed.checks.errors import exit_on_user_error
+from nemo_nvembed.data.tasks import TaskRegistry
+from nemo_nvembed.paper_data.manifest import load_manifest
+from nemo_nvembed.paper_data.run import format_report, prepare_stage
+from nemo_nvembed.paper_data.teachers import TeacherFactory
 from nemo_nvembed.paths import CONF
 
 
@@ -35,26 +39,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    from nemo_nvembed.data.tasks import TaskConfigError, TaskRegistry
-    from nemo_nvembed.prep.manifest import ManifestError, load_manifest
-    from nemo_nvembed.prep.run import format_report, prepare_stage
-    from nemo_nvembed.prep.sources import SourceError
-    from nemo_nvembed.prep.teachers import TeacherFactory
-
     if args.no_progress:
-        import datasets
+        import datasets  # heavy (pyarrow, hub client): loaded here only to silence its bars
 
         datasets.disable_progress_bars()
-    try:
-        registry = TaskRegistry.from_yaml(args.tasks)
-        manifest = load_manifest(args.manifest, registry)
-        teachers = TeacherFactory(args.teacher, args.teacher_query_prefix, args.teacher_doc_prefix,
-                                  args.teacher_batch_size, progress=not args.no_progress)
-        only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
-        report = prepare_stage(manifest, args.stage, args.out, registry, teachers, args.source_dir, only,
-                               progress=not args.no_progress)
-    except (TaskConfigError, ManifestError, SourceError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    registry = TaskRegistry.from_yaml(args.tasks)
+    manifest = load_manifest(args.manifest, registry)
+    teachers = TeacherFactory(args.teacher, args.teacher_query_prefix, args.teacher_doc_prefix,
+                              args.teacher_batch_size, progress=not args.no_progress)
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    report = prepare_stage(manifest, args.stage, args.out, registry, teachers, args.source_dir, only,
+                           progress=not args.no_progress)
     print(format_report(report), end="")
     return report
 

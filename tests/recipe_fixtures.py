@@ -1,7 +1,7 @@
 """Offline fixtures for the recipe manifest: a few rows per source, in each source's own schema.
 
 `write_sources(DIR)` writes DIR/<hf_id>[/<config>]/<split>.jsonl exactly where
-`nemo_nvembed.prep.sources.load_table(..., source_dir=DIR)` looks, with the column names and
+`nemo_nvembed.paper_data.sources.load_table(..., source_dir=DIR)` looks, with the column names and
 types of the public datasets (MTEB's BEIR layout, MTEB classification sets with text/label/
 label_text, raw arXiv metadata with a space-separated `categories`, SQuAD's nested `answers`...).
 Texts are drawn from a small vocabulary so that BM25 finds neighbours (hard negatives).

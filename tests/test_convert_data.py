@@ -11,13 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from command_errors import refused
 from conftest import REPO
 from nemo_nvembed import convert_data as cd
 from nemo_nvembed.data.neardup import near_duplicates
-from nemo_nvembed.prep.nonretrieval import text_id
-from nemo_nvembed.prep import demo_corpus as dd
+from nemo_nvembed.converters.nonretrieval import text_id
+from nemo_nvembed.data.bm25 import Bm25, text_key
 from nemo_nvembed.data.jsonl import load_examples
 from nemo_nvembed.data.tasks import TaskRegistry
+from nemo_nvembed.recipes.demo_corpus.build import DemoDataConfig
+from nemo_nvembed.recipes.demo_corpus.stdlib_docs import collect_module, dedupe
 
 MODULES = ["json", "re", "pathlib", "collections", "itertools", "functools", "os.path", "shutil", "zipfile",
            "tarfile", "datetime", "decimal", "statistics", "csv", "logging", "argparse", "textwrap", "string",
@@ -31,8 +34,8 @@ def registry():
 
 @pytest.fixture(scope="module")
 def items():
-    cfg = dd.DemoDataConfig()
-    out, _ = dd.dedupe([i for m in MODULES for i in dd.collect_module(m, cfg)])
+    cfg = DemoDataConfig()
+    out, _ = dedupe([i for m in MODULES for i in collect_module(m, cfg.min_summary_words, cfg.max_chars)])
     return out
 
 
@@ -93,7 +96,7 @@ def test_clustering_parquet(items, tmp_path, registry):
                    "--task", "PyDocClustering", "--out", str(out), "--num-negatives", "5"])
     exs = load_examples(out, registry, 5).examples
     areas = {i.area for i in titled}
-    assert len(exs) == res["examples"] == len({dd.text_key(i.summary) for i in titled})
+    assert len(exs) == res["examples"] == len({text_key(i.summary) for i in titled})
     assert all(e.pos in areas and e.pos not in e.neg and set(e.neg) <= areas for e in exs)
 
 
@@ -129,7 +132,7 @@ def test_sts_jsonl(items, tmp_path, registry, capsys):
             related.setdefault(r["s1"], set()).add(r["s2"])
             related.setdefault(r["s2"], set()).add(r["s1"])
     pool = [t for r in rows for t in (r["s1"], r["s2"])]
-    index = dd.Bm25(list(dict.fromkeys(pool)))
+    index = Bm25(list(dict.fromkeys(pool)))
     uniq = list(dict.fromkeys(pool))
     for r in written:
         scores = index.scores(r["query"])
@@ -178,23 +181,25 @@ def _fail(argv, capsys=None) -> str:
     return p.stderr
 
 
-def test_clear_errors(tmp_path):
+def test_clear_errors(tmp_path, capsys):
     src = write_csv(tmp_path / "d.csv", ["sentence", "label"],
                     [["a text", "x"], ["another text", "y"], ["   ", "x"], ["more", "z"]])
     base = ["--task", "PyDocClassification", "--out", str(tmp_path / "o.jsonl")]
 
-    with pytest.raises(SystemExit, match=r"d\.csv: no column 'text' in the header \(columns: sentence, label\)"):
-        cd.main(["classification", "--input", str(src), "--text-col", "text", "--label-col", "label", *base])
-    with pytest.raises(SystemExit, match=r"d\.csv:line 4: column 'sentence': empty text"):
-        cd.main(["classification", "--input", str(src), "--text-col", "sentence", "--label-col", "label", *base])
+    err = refused(capsys, cd.main, ["classification", "--input", str(src), "--text-col", "text", "--label-col", "label",
+                                    *base])
+    assert err.endswith("d.csv: no column 'text' in the header (columns: sentence, label)"), err
+    err = refused(capsys, cd.main, ["classification", "--input", str(src), "--text-col", "sentence", "--label-col",
+                                    "label", *base])
+    assert err.endswith("d.csv:line 4: column 'sentence': empty text"), err
     ok = write_csv(tmp_path / "e.csv", ["sentence", "label"], [["a text", "x"], ["another", "y"], ["more", "z"]])
     one = write_csv(tmp_path / "f.csv", ["sentence", "label"], [["a text", "x"], ["another", "x"]])
-    with pytest.raises(SystemExit, match=r"1 distinct label\(s\) left \('x'\), but each example needs 1 positive "
-                                         r"and at least 1 other label"):
-        cd.main(["classification", "--input", str(one), "--text-col", "sentence", "--label-col", "label", *base])
-    with pytest.raises(SystemExit, match="is of kind 'clustering'"):
-        cd.main(["classification", "--input", str(ok), "--text-col", "sentence", "--label-col", "label",
-                 "--task", "PyDocClustering", "--out", str(tmp_path / "o.jsonl")])
+    err = refused(capsys, cd.main, ["classification", "--input", str(one), "--text-col", "sentence", "--label-col",
+                                    "label", *base])
+    assert "1 distinct label(s) left ('x'), but each example needs 1 positive and at least 1 other label" in err, err
+    err = refused(capsys, cd.main, ["classification", "--input", str(ok), "--text-col", "sentence", "--label-col",
+                                    "label", "--task", "PyDocClustering", "--out", str(tmp_path / "o.jsonl")])
+    assert "is of kind 'clustering'" in err, err
     bad = write_jsonl(tmp_path / "s.jsonl", [{"a": "x y", "b": "y z", "s": 4}, {"a": "x", "b": "y", "s": "high"}])
     err = _fail(["sts", "--input", str(bad), "--text1-col", "a", "--text2-col", "b", "--score-col", "s",
                  "--task", "STS", "--out", str(tmp_path / "o.jsonl")])

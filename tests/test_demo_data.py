@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from nemo_nvembed.prep import demo_corpus as dd
-from nemo_nvembed.prep import pydoc_items
+from nemo_nvembed.data.bm25 import text_key
+from nemo_nvembed.recipes.demo_corpus import build as dd
+from nemo_nvembed.recipes.demo_corpus import docstrings
+from nemo_nvembed.recipes.demo_corpus.stdlib_docs import MODULE_AREAS, collect_module
 
 TASKS = {dd.RETRIEVAL, dd.CLASSIFICATION, dd.CLUSTERING}
 SMALL = ["--max-train", "300", "--heldout-queries", "60", "--heldout-corpus", "150",
@@ -94,11 +96,11 @@ def test_label_tasks_have_enough_labels(small):
 
 def _split_texts(root: Path) -> set[str]:
     rows = _jsonl(root / "corpus.jsonl") + _jsonl(root / "queries.jsonl")
-    return {dd.text_key(r["text"]) for r in rows}
+    return {text_key(r["text"]) for r in rows}
 
 
 def test_no_text_shared_between_training_and_heldout(small):
-    train = {dd.text_key(t) for name in ("stage1.jsonl", "stage2.jsonl")
+    train = {text_key(t) for name in ("stage1.jsonl", "stage2.jsonl")
              for r in _jsonl(small / name) for t in (r["query"], r["pos"], *r["neg"])}
     held, val = _split_texts(small / "heldout"), _split_texts(small / "val")
     assert not train & held
@@ -108,7 +110,7 @@ def test_no_text_shared_between_training_and_heldout(small):
     manifest = json.loads((small / "manifest.json").read_text())
     held_modules = set(manifest["modules"]["heldout"])
     train_ids = {i for r in _jsonl(small / "stage1.jsonl") for i in (r["pos_id"], *r["neg_ids"])}
-    module_of = lambda doc_id: max((m for m in dd.MODULE_AREAS if doc_id.startswith(m + ".")), key=len)
+    module_of = lambda doc_id: max((m for m in MODULE_AREAS if doc_id.startswith(m + ".")), key=len)
     assert not {module_of(i) for i in train_ids} & held_modules
     held_ids = {r["_id"] for r in _jsonl(small / "heldout" / "corpus.jsonl")}
     assert {module_of(i) for i in held_ids} <= held_modules
@@ -153,16 +155,16 @@ def test_default_sizes_fit_a_cpu_demo(default_build):
 
 def test_split_docstring_strips_signatures_and_boilerplate():
     doc = "pack(format, v1, v2, ...) -> bytes\n\nReturn a bytes object. Packed according to the format.\n\nMore."
-    assert pydoc_items.split_docstring(doc) == ("Return a bytes object.", "Packed according to the format. More.")
-    assert pydoc_items.split_docstring("Return self==value.") is None
-    assert pydoc_items.split_docstring("Initialize self.  See help(type(self)) for accurate signature.") is None
-    summary, body = pydoc_items.split_docstring("Wrap text, e.g. a paragraph. Then fill\n   it.")
+    assert docstrings.split_docstring(doc) == ("Return a bytes object.", "Packed according to the format. More.")
+    assert docstrings.split_docstring("Return self==value.") is None
+    assert docstrings.split_docstring("Initialize self.  See help(type(self)) for accurate signature.") is None
+    summary, body = docstrings.split_docstring("Wrap text, e.g. a paragraph. Then fill\n   it.")
     assert summary == "Wrap text, e.g. a paragraph." and body == "Then fill it."
 
 
 def test_trim_cuts_at_sentence_end():
     text = " ".join(f"Sentence number {i} is here." for i in range(100))
-    out = pydoc_items.trim(text, 600)
+    out = docstrings.trim(text, 600)
     assert len(out) <= 600 and out.endswith("here.") and text.startswith(out)
 
 
@@ -179,23 +181,23 @@ def test_mining_skips_positive_copies_and_a_too_close_top_candidate():
 
 def test_near_duplicates_needs_both_directions():
     held = ["Put an item into the queue.", "Return a compressor object."]
-    items = [dd.DocItem("m.a", "queue", "x", "function", "Put the item on the queue.", ""),
-             dd.DocItem("m.b", "math", "x", "function", "Return x * (2**i).", ""),
-             dd.DocItem("m.c", "os", "x", "function", "Remove a directory tree recursively.", "")]
+    items = [docstrings.DocItem("m.a", "queue", "x", "function", "Put the item on the queue.", ""),
+             docstrings.DocItem("m.b", "math", "x", "function", "Return x * (2**i).", ""),
+             docstrings.DocItem("m.c", "os", "x", "function", "Remove a directory tree recursively.", "")]
     assert dd.near_duplicates(items, held, dd.DemoDataConfig()) == {"m.a"}
 
 
 def test_modules_in_allowlist_import_and_give_items():
     cfg = dd.DemoDataConfig()
     for name in ("json", "os.path", "builtins", "math"):
-        items = dd.collect_module(name, cfg)
+        items = collect_module(name, cfg.min_summary_words, cfg.max_chars)
         assert items and all(not part.startswith("_") for i in items for part in i.id.split("."))
-    assert len(set(dd.MODULE_AREAS.values())) >= 8
+    assert len(set(MODULE_AREAS.values())) >= 8
 
 
 def test_package_docstrings_join_training_only():
     """--packages adds installed packages' docstrings to training; the held-out split is unchanged."""
-    from nemo_nvembed.prep.package_docs import PACKAGE_MODULES
+    from nemo_nvembed.recipes.demo_corpus.package_docs import PACKAGE_MODULES
 
     cfg = dict(max_train=300, heldout_queries=60, heldout_corpus=150, val_queries=20, val_corpus=60,
                max_per_label=10, max_per_area=20)

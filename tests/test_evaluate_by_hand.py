@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from nemo_nvembed.data.beir import load_beir
-from nemo_nvembed.eval.beir import score
+from nemo_nvembed.data.beir_folder import load_beir
+from nemo_nvembed.eval.retrieval_metrics import score
 
 N_DOCS = 105  # more than 100: a relevant document ranked past 100 lowers Recall@100
 

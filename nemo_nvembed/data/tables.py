@@ -8,12 +8,13 @@ import math
 from pathlib import Path
 from typing import Iterator
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.jsonl_io import iter_objects
 
 FORMATS = (".jsonl", ".csv", ".tsv", ".parquet")
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError):
     """Invalid input; the message names the file, the line (or row) and the column."""
 
 
@@ -62,7 +63,7 @@ def _iter_csv(path: Path, columns: list[str], delimiter: str):
 
 
 def _iter_parquet(path: Path, columns: list[str]):
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # only for parquet input
 
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names

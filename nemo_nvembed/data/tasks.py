@@ -65,7 +65,7 @@ class TaskConfigError(UserError):
     """The registry file is invalid; the message names the file and the key."""
 
 
-class UnknownTaskError(LookupError):
+class UnknownTaskError(UserError, LookupError):
     """A task name that the registry does not hold; the message lists close matches."""
 
 

@@ -1,22 +1,22 @@
 """BM25 baseline on a BEIR folder: the keyword index an embedding model has to beat.
 
 Same tokenisation as the demo data's BM25 (``bm25s`` over our own lower-cased word split, English
-stopwords removed), same metrics and cut-off as :func:`nemo_nvembed.eval.beir.score` (nDCG@10 and
+stopwords removed), same metrics and cut-off as :func:`nemo_nvembed.eval.retrieval_metrics.score` (nDCG@10 and
 Recall@100 with ``ir_measures``), so the numbers sit in one table with the embedding models'.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import ir_measures
+from ir_measures import R, nDCG
+
+from nemo_nvembed.data.beir_folder import load_beir
+from nemo_nvembed.data.bm25 import Bm25
+
 
 def score_bm25(folder: str | Path, split: str = "test", k: int = 100) -> dict:
     """{"ndcg@10", "recall@100", "queries", "corpus"} of BM25 over ``folder``'s corpus."""
-    import ir_measures
-    from ir_measures import R, nDCG
-
-    from nemo_nvembed.data.beir import load_beir
-    from nemo_nvembed.data.bm25 import Bm25
-
     data = load_beir(folder, split)
     index = Bm25(data.doc_texts)
     run = {}

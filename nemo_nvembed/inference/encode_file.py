@@ -12,32 +12,38 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.jsonl_io import iter_objects
 
 FIELDS = ("text", "instruction", "id")
 
 
+class EncodeInputError(UserError):
+    """A bad line of the file to embed; the message names the file and the line."""
+
+
 def parse_object(where: str, obj: dict) -> tuple[str, str | None, str | None]:
-    """One input object -> (text, instruction or None, id or None); SystemExit naming file:line."""
+    """One input object -> (text, instruction or None, id or None); EncodeInputError naming file:line."""
     unknown = set(obj) - set(FIELDS)
     if unknown:
-        raise SystemExit(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {', '.join(FIELDS)}")
+        raise EncodeInputError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {', '.join(FIELDS)}")
     text, instr, id_ = obj.get("text"), obj.get("instruction"), obj.get("id")
     if not isinstance(text, str):
-        raise SystemExit(f"{where}: field 'text' must be a string")
+        raise EncodeInputError(f"{where}: field 'text' must be a string")
     if instr is not None and not isinstance(instr, str):
-        raise SystemExit(f"{where}: field 'instruction' must be a string or absent")
+        raise EncodeInputError(f"{where}: field 'instruction' must be a string or absent")
     if "id" in obj:
         if isinstance(id_, bool) or not isinstance(id_, (str, int)) or not str(id_).strip():
-            raise SystemExit(f"{where}: field 'id' must be a non-empty string or an integer")
+            raise EncodeInputError(f"{where}: field 'id' must be a non-empty string or an integer")
         id_ = str(id_)
     return text, instr or None, id_
 
 
 def _lines(path: str) -> Iterator[tuple[int, tuple[str, str | None, str | None]]]:
     """(line number, parsed line) per line; every line must be a JSON object."""
-    for lineno, (where, obj) in enumerate(iter_objects(path, SystemExit, blank_lines="error"), 1):
+    for lineno, (where, obj) in enumerate(iter_objects(path, EncodeInputError, blank_lines="error"), 1):
         yield lineno, parse_object(where, obj)
 
 
@@ -48,15 +54,15 @@ def scan(path: str) -> tuple[int, bool]:
         if has_ids is None:
             has_ids = id_ is not None
         elif has_ids != (id_ is not None):
-            raise SystemExit(f"{path}:{lineno}: field 'id' must be given on every line or on none "
+            raise EncodeInputError(f"{path}:{lineno}: field 'id' must be given on every line or on none "
                              f"(line 1 {'has' if has_ids else 'has none'})")
         if id_ is not None:
             if id_ in seen:
-                raise SystemExit(f"{path}:{lineno}: id {id_!r} already used on line {seen[id_]}")
+                raise EncodeInputError(f"{path}:{lineno}: id {id_!r} already used on line {seen[id_]}")
             seen[id_] = lineno
         n += 1
     if not n:
-        raise SystemExit(f"{path}: no input lines")
+        raise EncodeInputError(f"{path}: no input lines")
     return n, bool(has_ids)
 
 
@@ -92,7 +98,7 @@ class NpyWriter:
 
 class ParquetWriter:
     def __init__(self, path: str, n: int, dim: int, has_ids: bool):
-        import pyarrow as pa
+        import pyarrow as pa  # only for .parquet output
         import pyarrow.parquet as pq
 
         self.pa, self.dim, self.path, self.tmp = pa, dim, path, path + ".tmp"
@@ -122,12 +128,11 @@ def encode_file(model_path: str, path: str, output: str, suffix: str, batch_size
                 precision: str, tp: int, chunk_size: int) -> None:
     n, has_ids = scan(path)  # every line valid before the model loads
 
-    from tqdm.auto import tqdm
-
+    # heavy (torch, megatron): imported after the input is checked, so a bad line fails in a second
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
-    model = NVEmbedModel.load(model_path, tp=tp)
+    model = NVEmbedNetwork.load(model_path, tp=tp)
     dim = model.cfg.backbone.hidden_size
     writer = None
     if distributed.is_global_rank_zero():

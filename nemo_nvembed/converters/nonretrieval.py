@@ -39,11 +39,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.bm25 import Bm25, text_key
 from nemo_nvembed.data.jsonl_io import write_jsonl
 from nemo_nvembed.data.neardup import DedupReport, exclude_near_duplicates
 from nemo_nvembed.data.tables import ConvertError, as_label, as_score, as_text, iter_rows
+from nemo_nvembed.data.tasks import TaskRegistry
 
 
 # ---------------------------------------------------------------------------------------- near-duplicates
@@ -175,8 +178,6 @@ def sts_examples(rows: list[PairRow], task: str, num_negatives: int, min_score: 
                     break
         return tuple(out)
 
-    from tqdm.auto import tqdm
-
     examples = []
     positives = [r for r in kept if r.score >= min_score]
     drops[f"pair scored below {min_score} (not a positive pair)"] += len(kept) - len(positives)
@@ -195,51 +196,49 @@ def sts_examples(rows: list[PairRow], task: str, num_negatives: int, min_score: 
 
 
 # ---------------------------------------------------------------------------------------- the command's work
-def convert(args) -> dict:
-    """``python -m nemo_nvembed.convert_data`` with its parsed arguments: read, filter, convert, write."""
-    from nemo_nvembed.data.tasks import TaskConfigError, TaskRegistry, UnknownTaskError
+def convert(kind: str, input_path: str, task: str, out: str, tasks: str, num_negatives: int, seed: int,
+            exclude: list[str], exclude_cols: list[str] | None, dedup_threshold: float, *,
+            text_col: str | None = None, label_col: str | None = None, max_per_label: int | None = None,
+            text1_col: str | None = None, text2_col: str | None = None, score_col: str | None = None,
+            min_score: float | None = None, max_neg_relevance: float | None = None) -> dict:
+    """``python -m nemo_nvembed.convert_data``: read, filter, convert, write (rules in the module docstring).
 
-    if args.num_negatives < 1:
-        raise SystemExit(f"--num-negatives must be >= 1, got {args.num_negatives}")
-    if args.exclude and not args.exclude_col:
-        raise SystemExit("--exclude needs --exclude-col (the evaluation file's text column(s))")
-    try:
-        registry = TaskRegistry.from_yaml(args.tasks)
-        task = registry[args.task]
-    except (TaskConfigError, UnknownTaskError) as e:  # an unknown task lists close matches
-        raise SystemExit(f"error: {e}") from None
-    if task.kind != args.kind:
-        raise SystemExit(f"task {task.name} is of kind {task.kind!r} in {registry.source}, "
-                         f"not {args.kind!r}; pick a {args.kind} task")
-    rng = random.Random(args.seed)
+    `kind` is classification/clustering (with `text_col`, `label_col`, `max_per_label`) or sts (with
+    `text1_col`, `text2_col`, `score_col`, `min_score`, `max_neg_relevance`); `exclude` are evaluation
+    files whose `exclude_cols` texts must not be trained on."""
+    if num_negatives < 1:
+        raise UserError(f"--num-negatives must be >= 1, got {num_negatives}")
+    if exclude and not exclude_cols:
+        raise UserError("--exclude needs --exclude-col (the evaluation file's text column(s))")
+    registry = TaskRegistry.from_yaml(tasks)
+    entry = registry[task]  # an unknown task lists close matches
+    if entry.kind != kind:
+        raise UserError(f"task {entry.name} is of kind {entry.kind!r} in {registry.source}, "
+                        f"not {kind!r}; pick a {kind} task")
+    rng = random.Random(seed)
     drops: Counter = Counter()
-    report = DedupReport(sources=list(args.exclude))
-    try:
-        eval_texts = read_eval_texts(args.exclude, args.exclude_col) if args.exclude else []
-        if args.kind == "sts":
-            cols = [args.text1_col, args.text2_col, args.score_col]
-            rows = [PairRow(w, as_text(w, cols[0], v[cols[0]]), as_text(w, cols[1], v[cols[1]]),
-                            as_score(w, cols[2], v[cols[2]])) for w, v in iter_rows(args.input, cols)]
-            n_read = len(rows)
-            if args.exclude:
-                rows = exclude_near_duplicates(rows, ["text1", "text2"], eval_texts, args.dedup_threshold, report)
-            examples, stats = sts_examples(rows, task.name, args.num_negatives, args.min_score,
-                                           args.max_neg_relevance, drops)
-            counts = {}
-        else:
-            cols = [args.text_col, args.label_col]
-            rows = [LabelRow(w, as_text(w, cols[0], v[cols[0]]), as_label(w, cols[1], v[cols[1]]))
-                    for w, v in iter_rows(args.input, cols)]
-            n_read = len(rows)
-            rows = drop_duplicates_and_conflicts(rows, drops)
-            if args.exclude:
-                rows = exclude_near_duplicates(rows, ["text"], eval_texts, args.dedup_threshold, report)
-            examples, counts = label_examples(rows, task.name, args.num_negatives, args.max_per_label, rng,
-                                              args.input, args.label_col)
-            stats = Counter()
-    except ConvertError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(f"read {n_read} rows from {args.input}")
+    report = DedupReport(sources=list(exclude))
+    eval_texts = read_eval_texts(exclude, exclude_cols) if exclude else []
+    if kind == "sts":
+        cols = [text1_col, text2_col, score_col]
+        rows = [PairRow(w, as_text(w, cols[0], v[cols[0]]), as_text(w, cols[1], v[cols[1]]),
+                        as_score(w, cols[2], v[cols[2]])) for w, v in iter_rows(input_path, cols)]
+        n_read = len(rows)
+        if exclude:
+            rows = exclude_near_duplicates(rows, ["text1", "text2"], eval_texts, dedup_threshold, report)
+        examples, stats = sts_examples(rows, entry.name, num_negatives, min_score, max_neg_relevance, drops)
+        counts = {}
+    else:
+        cols = [text_col, label_col]
+        rows = [LabelRow(w, as_text(w, cols[0], v[cols[0]]), as_label(w, cols[1], v[cols[1]]))
+                for w, v in iter_rows(input_path, cols)]
+        n_read = len(rows)
+        rows = drop_duplicates_and_conflicts(rows, drops)
+        if exclude:
+            rows = exclude_near_duplicates(rows, ["text"], eval_texts, dedup_threshold, report)
+        examples, counts = label_examples(rows, entry.name, num_negatives, max_per_label, rng, input_path, label_col)
+        stats = Counter()
+    print(f"read {n_read} rows from {input_path}")
     for reason, k in sorted(drops.items()):
         print(f"  dropped: {reason}: {k}")
     print(report.format())
@@ -247,14 +246,13 @@ def convert(args) -> dict:
         print(f"  {reason}: {k}")
     if counts:
         capped = sum(1 for a, b in counts.values() if b < a)
-        print(f"labels: {len(counts)} ({capped} capped at --max-per-label {args.max_per_label})")
+        print(f"labels: {len(counts)} ({capped} capped at --max-per-label {max_per_label})")
         for label, (a, b) in counts.items():
             print(f"  {label!r}: {b} of {a}")
     if not examples:
-        raise SystemExit(f"error: {args.input}: no training example left of {n_read} rows (counts above); "
-                         f"nothing written")
+        raise ConvertError(f"{input_path}: no training example left of {n_read} rows (counts above); nothing written")
     rng.shuffle(examples)
-    n = write_jsonl(args.out, examples)
-    print(f"wrote {args.out}: {n} examples (task {task.name}, at most {args.num_negatives} negatives each)")
+    n = write_jsonl(out, examples)
+    print(f"wrote {out}: {n} examples (task {entry.name}, at most {num_negatives} negatives each)")
     return {"rows_read": n_read, "dropped": dict(drops), "near_duplicates_removed": report.rows_removed,
             "examples": n, "labels": counts, "stats": dict(stats)}

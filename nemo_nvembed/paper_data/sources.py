@@ -12,10 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from nemo_nvembed.checks.errors import UserError
+
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A source that cannot be read; the message names the dataset, split and column."""
 
 
@@ -37,16 +39,17 @@ def local_files(source_dir: str | Path, hf_id: str, config: Optional[str], split
 
 def load_table(hf_id: str, config: Optional[str], split: str, source_dir: str | Path | None = None):
     """A `datasets.Dataset` for one split of one source (rules in the module docstring)."""
-    import datasets
+    import datasets  # heavy (pyarrow, fsspec, hub client): only when a set is read
 
     if source_dir is None:
-        try:
-            return datasets.load_dataset(hf_id, config, split=split)
-        except Exception as e:  # network, unknown id/config/split: one line naming the set
-            raise SourceError(f"{hf_id} ({config or 'no config'}), split {split!r}: {type(e).__name__}: {e}") from None
-    builder, files = local_files(source_dir, hf_id, config, split)
-    kw = {"delimiter": "\t"} if files[0].endswith(".tsv") else {}
-    return datasets.load_dataset(builder, data_files={split: files}, split=split, **kw)
+        builder, kw = hf_id, {"name": config}
+    else:
+        builder, files = local_files(source_dir, hf_id, config, split)
+        kw = {"data_files": {split: files}, **({"delimiter": "\t"} if files[0].endswith(".tsv") else {})}
+    try:
+        return datasets.load_dataset(builder, split=split, **kw)
+    except Exception as e:  # network, unknown id/config/split, an unreadable local file: one line naming the set
+        raise SourceError(f"{hf_id} ({config or 'no config'}), split {split!r}: {type(e).__name__}: {e}") from None
 
 
 def column_values(table, name: str, spec: Any, hf_id: str) -> Iterator:

@@ -5,16 +5,15 @@ is ranked by cosine similarity (exact search).
 """
 from __future__ import annotations
 
+import ir_measures
 import torch
+from ir_measures import R, nDCG
 
-from nemo_nvembed.data.beir import RetrievalSet
+from nemo_nvembed.data.beir_folder import RetrievalSet
 
 
 def score(model, data: RetrievalSet, instruction: str | None, batch_size: int = 32, precision: str = "fp32",
           k: int = 100, progress: bool = False) -> dict[str, float]:
-    import ir_measures
-    from ir_measures import R, nDCG
-
     docs = model.encode(data.doc_texts, batch_size=batch_size, precision=precision, progress=progress)
     qs = model.encode(data.query_texts, instruction=instruction, batch_size=batch_size, precision=precision, progress=progress)
     sims = torch.nn.functional.normalize(qs, dim=-1) @ torch.nn.functional.normalize(docs, dim=-1).T  # [q, n]

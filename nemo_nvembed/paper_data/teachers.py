@@ -4,8 +4,8 @@
 encoder loaded with sentence-transformers (the paper mined with a fine-tuned E5 encoder; e.g.
 ``hf:intfloat/e5-large-v2`` online, or a local folder offline). Dense teachers search exactly
 with faiss (``IndexFlatIP`` on L2-normalised embeddings). Each teacher builds its index per set
-(``for_corpus``) and answers ``retrieve`` like the teachers of nemo_nvembed/mine.py, whose
-selection rules (TopK-PercPos) then apply unchanged.
+(``for_corpus``) and answers ``retrieve`` like the teachers of :mod:`nemo_nvembed.converters.mining`,
+whose selection rules (TopK-PercPos) then apply unchanged.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from nemo_nvembed.prep.mining import Bm25Teacher, DenseTeacher
+from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.converters.mining import Bm25Teacher, DenseTeacher
 
 
 class SentenceTransformerTeacher:
@@ -24,7 +25,7 @@ class SentenceTransformerTeacher:
 
     def __init__(self, model, doc_texts: list[str], query_prefix: str, doc_prefix: str, batch_size: int = 64,
                  progress: bool = True):
-        import faiss
+        import faiss  # optional dependency (only dense teachers need it)
 
         self.model, self.query_prefix, self.batch_size, self.progress = model, query_prefix, batch_size, progress
         emb = self._embed([doc_prefix + t for t in doc_texts])  # [n_docs, d]
@@ -58,17 +59,17 @@ class TeacherFactory:
         if spec == "bm25":
             self.kind = "bm25"
         elif spec.startswith("hf:"):
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import SentenceTransformer  # heavy (torch, transformers): hf teachers only
 
             self.kind = "hf"
             self.model = SentenceTransformer(spec[3:], device="cpu" if not _cuda() else None)
-        elif spec.endswith(".nemo"):
-            from nemo_nvembed.models.nvembed import NVEmbedModel
+        elif spec.endswith(".nemo"):  # heavy imports (torch, megatron) for a .nemo teacher only
+            from nemo_nvembed.models.network import NVEmbedNetwork
 
             self.kind = "nemo"
-            self.model = NVEmbedModel.load(spec)
+            self.model = NVEmbedNetwork.load(spec)
         else:
-            raise ValueError(f"--teacher {spec!r}: use bm25, a .nemo file or hf:<sentence-transformers model>")
+            raise UserError(f"--teacher {spec!r}: use bm25, a .nemo file or hf:<sentence-transformers model>")
 
     def for_corpus(self, doc_texts: list[str], instruction: Optional[str]):
         """A teacher over `doc_texts`; `instruction` is the query instruction of a .nemo teacher."""
@@ -81,6 +82,6 @@ class TeacherFactory:
 
 
 def _cuda() -> bool:
-    import torch
+    import torch  # heavy: a bm25 teacher never loads it
 
     return torch.cuda.is_available()

@@ -37,12 +37,16 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.bm25 import Bm25, text_key
 from nemo_nvembed.data.jsonl_io import write_jsonl
 from nemo_nvembed.data.neardup import near_duplicates as find_near_duplicates
-from nemo_nvembed.prep.pydoc_items import MODULE_AREAS, DocItem, collect_module, collect_topics, dedupe
+from nemo_nvembed.recipes.demo_corpus.docstrings import DocItem
+from nemo_nvembed.recipes.demo_corpus.package_docs import PACKAGE_MODULES, collect_packages
+from nemo_nvembed.recipes.demo_corpus.stdlib_docs import MODULE_AREAS, collect_module, collect_topics, dedupe
 
 RETRIEVAL, CLASSIFICATION, CLUSTERING = "PyDocRetrieval", "PyDocClassification", "PyDocClustering"
+
 
 @dataclasses.dataclass(frozen=True)
 class DemoDataConfig:
@@ -63,13 +67,13 @@ class DemoDataConfig:
     near_dup_ratio: float = 0.5  # symmetric relative BM25 score with a held-out text; see near_duplicates
     max_per_label: int = 30  # classification, stratified over modules
     max_per_area: int = 80  # clustering, stratified over areas
-    packages: str = ""  # comma-separated installed packages whose docstrings join training (prep/package_docs.py)
+    packages: str = ""  # comma-separated installed packages whose docstrings join training (package_docs.py)
 
     def __post_init__(self):
         if not 0 < self.heldout_frac < 1 or not 0 < self.perc_pos <= 1 or not 0 < self.near_dup_ratio <= 1:
-            raise ValueError(f"fractions out of range in {self}")
+            raise UserError(f"fractions out of range in {self}")
         if min(self.heldout_queries, self.val_queries, self.max_train, self.num_neg, self.max_chars) < 1:
-            raise ValueError(f"sizes must be positive in {self}")
+            raise UserError(f"sizes must be positive in {self}")
 
 
 def mine_negatives(queries: list[str], pos_index: list[int], corpus: list[str], ids: list[str],
@@ -167,15 +171,13 @@ def _package_items(cfg: DemoDataConfig) -> tuple[list[DocItem], dict[str, str]]:
     """Training-only items from installed packages' docstrings (none unless cfg.packages is set)."""
     if not cfg.packages:
         return [], {}
-    from nemo_nvembed.prep.package_docs import PACKAGE_MODULES, collect_packages
-
     wanted = {p.strip() for p in cfg.packages.split(",") if p.strip()}
     names = [m for m in PACKAGE_MODULES if m.split(".")[0] in wanted]
     missing = wanted - {m.split(".")[0] for m in names}
     if missing:
-        raise ValueError(f"--packages: no allowlisted modules for {sorted(missing)} "
-                         f"(see PACKAGE_MODULES in nemo_nvembed/prep/package_docs.py)")
-    return collect_packages(names, cfg)
+        raise UserError(f"--packages: no allowlisted modules for {sorted(missing)} "
+                        f"(see PACKAGE_MODULES in nemo_nvembed/recipes/demo_corpus/package_docs.py)")
+    return collect_packages(names, cfg.min_summary_words, cfg.max_chars)
 
 
 def build(cfg: DemoDataConfig) -> dict:
@@ -184,7 +186,7 @@ def build(cfg: DemoDataConfig) -> dict:
     modules, skipped, raw = [], {}, []
     for name in sorted(MODULE_AREAS):
         try:
-            items = collect_module(name, cfg)
+            items = collect_module(name, cfg.min_summary_words, cfg.max_chars)
         except Exception as exc:  # a build without e.g. _sqlite3: record it, go on
             skipped[name] = f"{type(exc).__name__}: {exc}"
             continue
@@ -207,7 +209,7 @@ def build(cfg: DemoDataConfig) -> dict:
     heldout = _beir(held_docs, held_q)
     held_texts = [q["text"] for q in heldout["queries"]] + [d["text"] for d in heldout["corpus"]]
 
-    topics = collect_topics(cfg)
+    topics = collect_topics()
     near = near_duplicates(train_side + topics, held_texts, cfg)
     train_side = [i for i in train_side if i.id not in near]
     topics = [t for t in topics if t.id not in near]

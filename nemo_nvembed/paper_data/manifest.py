@@ -14,13 +14,14 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.tasks import TaskRegistry
 
 FIELDS = {"retrieval": ("query", "pos"), "classification": ("text", "label"),
           "clustering": ("text", "label"), "sts": ("text1", "text2", "score")}
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """Invalid manifest; the message names the file and the key."""
 
 
@@ -81,7 +82,6 @@ class Manifest:
     stage2: List[Any] = MISSING
 
 
-
 def _merged(schema, raw, where: str, key_prefix: str, unnamed: str):
     """`raw` merged onto `schema` in struct mode; a bad or missing key is a ManifestError naming it."""
     try:
@@ -93,6 +93,7 @@ def _merged(schema, raw, where: str, key_prefix: str, unnamed: str):
     if missing:
         raise ManifestError(f"{where}: required key(s) not set: {', '.join(missing)}")
     return merged
+
 
 def load_manifest(path: str | Path, registry: TaskRegistry):
     """Validated manifest (a DictConfig shaped like `Manifest`)."""

@@ -7,7 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.jsonl_io import iter_objects
+
+
+class BeirError(UserError):
+    """A BEIR file that cannot be read as such; the message names the file and line."""
 
 
 @dataclass
@@ -23,10 +28,10 @@ class RetrievalSet:
 def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
     """JSONL rows whose `fields` are strings."""
     rows = []
-    for where, obj in iter_objects(path):
+    for where, obj in iter_objects(path, BeirError):
         for name in fields:
             if not isinstance(obj.get(name), str):
-                raise ValueError(f"{where}: field {name!r} must be a string")
+                raise BeirError(f"{where}: field {name!r} must be a string")
         rows.append(obj)
     return rows
 
@@ -43,12 +48,12 @@ def read_qrels(path: str | Path) -> tuple[dict[str, dict[str, float]], int]:
             if lineno == 1 and parts[0] == "query-id":
                 continue
             if len(parts) != 3:
-                raise ValueError(f"{path}:{lineno}: expected 3 tab-separated fields "
+                raise BeirError(f"{path}:{lineno}: expected 3 tab-separated fields "
                                  f"(query-id, corpus-id, score), got {len(parts)}")
             try:
                 rel = float(parts[2])
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: score {parts[2]!r} is not a number") from None
+                raise BeirError(f"{path}:{lineno}: score {parts[2]!r} is not a number") from None
             qrels.setdefault(parts[0], {})[parts[1]] = rel
             rows += 1
     return qrels, rows
@@ -59,7 +64,7 @@ def read_retrieval_set(corpus: str | Path, queries: str | Path, qrels: str | Pat
     seen: dict[str, int] = {}
     for n, d in enumerate(docs):
         if d["_id"] in seen:
-            raise ValueError(f"{corpus}: document id {d['_id']!r} appears twice "
+            raise BeirError(f"{corpus}: document id {d['_id']!r} appears twice "
                              f"(documents {seen[d['_id']] + 1} and {n + 1})")
         seen[d["_id"]] = n
     qs = read_records(queries, ("_id", "text"))

@@ -34,9 +34,13 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from nemo_nvembed.data.beir import RetrievalSet
+from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.data.beir_folder import RetrievalSet, read_retrieval_set
 from nemo_nvembed.data.bm25 import Bm25, text_key
+from nemo_nvembed.data.jsonl_io import write_jsonl
+from nemo_nvembed.data.tasks import TaskRegistry
 
 MAX_LISTED = 20
 
@@ -55,8 +59,6 @@ class Bm25Teacher:
         self.index = Bm25(doc_texts)
 
     def retrieve(self, queries: list[str], positives: list[list[int]], k: int, progress: bool = True) -> Hits:
-        from tqdm.auto import tqdm
-
         k = min(k, self.index.n)
         for q, pos in zip(tqdm(queries, desc="bm25", unit="query", disable=not progress), positives):
             scores = self.index.scores(q)  # [n_docs]
@@ -74,8 +76,7 @@ class DenseTeacher:
     def __init__(self, model, doc_texts: list[str], instruction: str | None, batch_size: int = 32,
                  max_length: int | None = None, precision: str = "fp32", chunk: int = 10000,
                  progress: bool = True):
-        import faiss
-        from tqdm.auto import tqdm
+        import faiss  # optional dependency (``mine`` and dense teachers only; not in the GPU bundle)
 
         self.model, self.instruction = model, instruction
         self.kw = dict(batch_size=batch_size, max_length=max_length, precision=precision)
@@ -88,7 +89,7 @@ class DenseTeacher:
         bar.close()
 
     def _embed(self, texts: list[str], instruction: str | None) -> np.ndarray:
-        import faiss
+        import faiss  # optional dependency, as above
 
         emb = np.ascontiguousarray(self.model.encode(texts, instruction=instruction, **self.kw).numpy())  # [n, d]
         faiss.normalize_L2(emb)
@@ -96,8 +97,6 @@ class DenseTeacher:
 
     def retrieve(self, queries: list[str], positives: list[list[int]], k: int, progress: bool = True,
                  chunk: int = 1024) -> Hits:
-        from tqdm.auto import tqdm
-
         k = min(k, self.index.ntotal)
         bar = tqdm(total=len(queries), desc="dense search", unit="query", disable=not progress)
         for start in range(0, len(queries), chunk):
@@ -266,17 +265,13 @@ def mine_to_jsonl(model: str, corpus: str, queries: str, qrels: str, out: str, t
                   num_negatives: int, perc_pos: float, instruction: str | None, batch_size: int,
                   max_length: int | None, precision: str, tp: int) -> MineSummary:
     """``python -m nemo_nvembed.mine``: read a BEIR set, mine with `model` (a .nemo or ``bm25``), write `out`."""
-    from nemo_nvembed.data.jsonl_io import write_jsonl
-    from nemo_nvembed.data.beir import read_retrieval_set
-    from nemo_nvembed.data.tasks import TaskConfigError, TaskRegistry, UnknownTaskError
-
     if top_k < 1 or num_negatives < 1 or not 0 < perc_pos <= 1:
-        raise SystemExit("need --top-k >= 1, --num-negatives >= 1 and 0 < --perc-pos <= 1")
+        raise UserError("need --top-k >= 1, --num-negatives >= 1 and 0 < --perc-pos <= 1")
+    entry = TaskRegistry.from_yaml(tasks)[task]  # an unknown task lists close matches
     try:
-        entry = TaskRegistry.from_yaml(tasks)[task]  # an unknown task lists close matches
-        data = read_retrieval_set(corpus, queries, qrels)
-    except (TaskConfigError, UnknownTaskError, ValueError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
+        data = read_retrieval_set(corpus, queries, qrels)  # a bad line raises a UserError naming it
+    except (OSError, UnicodeDecodeError) as e:  # a missing or unreadable file
+        raise UserError(str(e)) from None
     if entry.kind != "retrieval":
         print(f"note: task {entry.name} is of kind {entry.kind}; mining is meant for retrieval sets", file=sys.stderr)
     print(f"read {len(data.doc_ids)} documents, {len(data.query_ids)} queries, {data.qrels_rows} qrels rows")
@@ -285,12 +280,12 @@ def mine_to_jsonl(model: str, corpus: str, queries: str, qrels: str, out: str, t
     if model == "bm25":
         teacher = Bm25Teacher(data.doc_texts)
         print("teacher: BM25 (bm25s)")
-    else:
-        from nemo_nvembed.models.nvembed import NVEmbedModel
+    else:  # heavy imports (torch, megatron) only for a dense teacher: `mine --model bm25` starts fast
+        from nemo_nvembed.models.network import NVEmbedNetwork
         from nemo_nvembed.parallel import distributed
 
         instruction = instruction if instruction is not None else entry.eval_instruction
-        encoder = NVEmbedModel.load(model, tp=tp)
+        encoder = NVEmbedNetwork.load(model, tp=tp)
         rank_zero = distributed.is_global_rank_zero()
         print(f"teacher: {model}; query instruction: {instruction!r}")
         teacher = DenseTeacher(encoder, data.doc_texts, instruction, batch_size, max_length, precision)
@@ -298,7 +293,7 @@ def mine_to_jsonl(model: str, corpus: str, queries: str, qrels: str, out: str, t
     pairs, summary = mine(data, teacher, top_k, num_negatives, perc_pos)
     if not pairs:
         print(summary.format(num_negatives))
-        raise SystemExit(f"error: no (query, positive) pair kept a negative; {out} not written")
+        raise UserError(f"no (query, positive) pair kept a negative; {out} not written")
     if rank_zero:
         n = write_jsonl(out, to_rows(pairs, data, entry.name))
         print(f"wrote {out}: {n} lines (task {entry.name}, top-k {top_k}, perc_pos {perc_pos})")

@@ -17,22 +17,23 @@ import os
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.jsonl_io import write_jsonl
-from nemo_nvembed.prep.build_set import build_set
+from nemo_nvembed.paper_data.build_set import build_set
 
 
 def prepare_stage(manifest, stage: int, out: str | Path, registry, teachers, source_dir=None,
                   only: list[str] | None = None, progress: bool = True) -> dict:
     """Build OUT/stage<stage>.jsonl; -> the report (also written to OUT/report.json and report.txt)."""
-    from tqdm.auto import tqdm
-
     out = Path(out)
     (out / "sets").mkdir(parents=True, exist_ok=True)
     sets = list(manifest[f"stage{stage}"])
     if only:
         unknown = sorted(set(only) - {s.name for s in sets})
         if unknown:
-            raise ValueError(f"--only: no set named {', '.join(unknown)} in stage {stage} "
+            raise UserError(f"--only: no set named {', '.join(unknown)} in stage {stage} "
                              f"(sets: {', '.join(s.name for s in sets)})")
         sets = [s for s in sets if s.name in only]
     reports = []

@@ -3,7 +3,7 @@
 The standard library gives the demo ~700 retrieval examples; the packages the environment installs
 anyway (numpy, torch, scipy, pandas, networkx, sympy, ...) document thousands more functions in the
 same shape (a summary sentence, then the details). Each listed module contributes the public
-functions, classes and methods it defines, as :class:`nemo_nvembed.prep.pydoc_items.DocItem` with
+functions, classes and methods it defines, as :class:`.docstrings.DocItem` with
 ``area`` = the package's name, so they join retrieval, classification (by module) and clustering (by
 package). They never enter the held-out split, which stays whole standard-library modules; the
 near-duplicate filter against held-out text applies to them like to every training item.
@@ -16,6 +16,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import warnings
+
+import numpy as np
+
+from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.recipes.demo_corpus.docstrings import DocItem, doc_item, is_routine
 
 # module -> area (the package it belongs to). Pure library code: importing it has no side effects.
 PACKAGE_MODULES = {
@@ -38,41 +43,41 @@ def _owned(obj, package: str) -> bool:
     return owner == package or owner.startswith(package + ".")
 
 
-def collect_package_module(name: str, cfg) -> list:
+def collect_package_module(name: str, min_summary_words: int, max_chars: int) -> list[DocItem]:
     """Public functions, classes and class methods of ``name`` whose code lives in its package."""
-    from nemo_nvembed.prep.pydoc_items import _is_routine, _item_in_area
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = importlib.import_module(name)
         package, area = name.split(".")[0], PACKAGE_MODULES[name]
+        item = lambda id_, kind, doc: doc_item(id_, name, area, kind, doc, min_summary_words, max_chars)  # noqa: E731
         items = []
         for attr in sorted(vars(module)):
             if attr.startswith("_"):
                 continue
             obj = getattr(module, attr)
             if inspect.isclass(obj) and _owned(obj, package):
-                items.append(_item_in_area(f"{name}.{attr}", name, area, "class", obj.__doc__, cfg))
+                items.append(item(f"{name}.{attr}", "class", obj.__doc__))
                 for meth in sorted(vars(obj)):
                     raw = getattr(vars(obj)[meth], "__func__", vars(obj)[meth])
-                    if not meth.startswith("_") and _is_routine(raw):
-                        items.append(_item_in_area(f"{name}.{attr}.{meth}", name, area, "method", raw.__doc__, cfg))
-            elif (_is_routine(obj) or isinstance(obj, __import__("numpy").ufunc)) and (
+                    if not meth.startswith("_") and is_routine(raw):
+                        items.append(item(f"{name}.{attr}.{meth}", "method", raw.__doc__))
+            elif (is_routine(obj) or isinstance(obj, np.ufunc)) and (
                     _owned(obj, package) or getattr(obj, "__module__", None) is None):
-                items.append(_item_in_area(f"{name}.{attr}", name, area, "function", obj.__doc__, cfg))
+                items.append(item(f"{name}.{attr}", "function", obj.__doc__))
     return [i for i in items if i is not None]
 
 
-def collect_packages(names: list[str], cfg) -> tuple[list, dict[str, str]]:
+def collect_packages(names: list[str], min_summary_words: int,
+                     max_chars: int) -> tuple[list[DocItem], dict[str, str]]:
     """(items, skipped modules with the reason) for the listed allowlist modules."""
     unknown = sorted(set(names) - set(PACKAGE_MODULES))
     if unknown:
-        raise ValueError(f"--packages: {unknown} not in the allowlist nemo_nvembed/prep/package_docs.py "
-                         f"PACKAGE_MODULES ({', '.join(sorted(PACKAGE_MODULES))})")
+        raise UserError(f"--packages: {unknown} not in the allowlist nemo_nvembed/recipes/demo_corpus/package_docs.py"
+                        f" PACKAGE_MODULES ({', '.join(sorted(PACKAGE_MODULES))})")
     items, skipped = [], {}
     for name in sorted(names):
         try:
-            items += collect_package_module(name, cfg)
+            items += collect_package_module(name, min_summary_words, max_chars)
         except Exception as exc:  # not installed here, or a broken build
             skipped[name] = f"{type(exc).__name__}: {exc}"
     return items, skipped

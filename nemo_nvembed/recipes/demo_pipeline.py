@@ -1,7 +1,7 @@
 """``make demo`` (``python -m nemo_nvembed.demo``): NV-Embed's two-stage recipe end to end on the embedded default, on a CPU.
 
 1. real training and held-out data from the Python standard library's documentation
-   (:mod:`nemo_nvembed.prep.demo_corpus`; offline, deterministic, no shared text between splits);
+   (:mod:`nemo_nvembed.recipes.demo_corpus`; offline, deterministic, no shared text between splits);
 2. SmolLM2-135M-Instruct imported from the packaged GGUF twice: with mean pooling (the
    baseline) and with a fresh latent-attention head + LoRA (the model to train);
 3. stage 1 and stage 2 with ``torchrun`` on 2 gloo processes (data-parallel), using the stage
@@ -24,8 +24,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from nemo_nvembed.data.tasks import TaskRegistry
+from nemo_nvembed.eval.bm25_baseline import score_bm25
+from nemo_nvembed.eval.learning_curve import plot, read_validation
 from nemo_nvembed.paths import CONF, REPO
 from nemo_nvembed.recipes.console import Console, DemoFailed
+
 
 def evaluate(con: Console, nemo: Path, beir: Path, instruction: str, precision: str) -> dict:
     cache = nemo.with_suffix(".heldout.json")
@@ -41,7 +45,6 @@ def evaluate(con: Console, nemo: Path, beir: Path, instruction: str, precision: 
     result["stamp"] = stamp
     cache.write_text(json.dumps(result))
     return result
-
 
 
 def run_demo(config: str, overrides: list[str]) -> int:
@@ -61,11 +64,6 @@ def run_demo(config: str, overrides: list[str]) -> int:
 
 def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
     fmt = lambda items: [str(x).format(out=out) for x in items]  # noqa: E731
-
-    from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.eval.bm25_baseline import score_bm25
-    from nemo_nvembed.eval.learning_curve import plot, read_validation
-
     registry = TaskRegistry.from_yaml(CONF / "tasks.yaml")
     instruction = registry[dcfg.eval_task].eval_instruction
     data = out / "data"

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
+from tqdm.auto import tqdm
+
 BENCHMARK = "MTEB(eng, v1)"
 # mteb task type -> Table 1 column, in the paper's column order, with the number of tasks
 COLUMNS = {"Retrieval": ("Retrieval", 15), "Reranking": ("Rerank", 4), "Clustering": ("Cluster", 11),
@@ -29,7 +31,7 @@ PAPER_NV_EMBED_V1 = {"Retrieval": 59.36, "Rerank": 60.59, "Cluster": 52.80, "Pai
 
 def paper_tasks() -> list[tuple[str, str]]:
     """(task name, mteb task type) of the 56 tasks, from mteb's benchmark definition (no download)."""
-    import mteb
+    import mteb  # heavy (seconds) and optional: `table` and `format_table` work without it
 
     return [(t.metadata.name, t.metadata.type) for t in mteb.get_benchmark(BENCHMARK).tasks]
 
@@ -41,8 +43,6 @@ def run_suite(tasks: Iterable[tuple[str, str]], evaluate_one: Callable[[str], fl
     `evaluate_one(name)` returns the task's main score (mteb's scale, 0-1). The tasks to do are
     decided once, before the first evaluation, so that every tensor-parallel rank runs the same
     list; only the rank with `write` writes results."""
-    from tqdm.auto import tqdm
-
     folder = Path(out) / "tasks"
     folder.mkdir(parents=True, exist_ok=True)
     todo = [(name, kind) for name, kind in tasks if not (folder / f"{name}.json").exists()]

@@ -5,15 +5,15 @@ Per kind (NV-Embed section 4.2):
 * retrieval: (query, positive) pairs, from one table (``fields.query``/``fields.pos``) or a
   BEIR/MTEB layout (corpus, queries, qrels with score > 0). Subsampled to ``samples`` pairs
   (uniformly), then hard negatives are mined by the teacher over the set's documents (the
-  corpus, or the positives of at most ``mining.pool_rows`` rows of the table) with
-  nemo_nvembed/mine.py's TopK-PercPos rules;
+  corpus, or the positives of at most ``mining.pool_rows`` rows of the table) with the
+  TopK-PercPos rules of :mod:`nemo_nvembed.converters.mining`;
 * classification / clustering: q+ = text, d+ = label text (``label_texts`` maps label values to
   texts, e.g. AmazonReviews' star index), negatives = up to ``num_negatives`` other labels.
   A multi-valued label column (``label_sep``: arXiv ``categories``) gives one example per
   category, and none of the text's own categories is ever its negative. Subsampled to
   ``samples`` examples, stratified by the positive label;
-* sts: nemo_nvembed/convert_data.py's rule (score >= min_score: a->b and b->a; BM25 negatives
-  from rank 2, none related > max_neg_relevance), subsampled uniformly.
+* sts: the rule of :mod:`nemo_nvembed.converters.nonretrieval` (score >= min_score: a->b and b->a;
+  BM25 negatives from rank 2, none related > max_neg_relevance), subsampled uniformly.
 
 ``dedup`` removes training texts that BM25 finds near-identical to the named evaluation split
 (convert_data's symmetric relative-score rule). Every dropped row is counted with its reason.
@@ -24,13 +24,14 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from nemo_nvembed.data.beir import RetrievalSet
+from nemo_nvembed.converters.mining import mine, to_rows
+from nemo_nvembed.converters.nonretrieval import (LabelRow, PairRow, drop_duplicates_and_conflicts, label_id,
+                                                 sts_examples)
+from nemo_nvembed.data.beir_folder import RetrievalSet
 from nemo_nvembed.data.bm25 import text_key
 from nemo_nvembed.data.neardup import DedupReport, exclude_near_duplicates
-from nemo_nvembed.prep.mining import mine, to_rows
-from nemo_nvembed.prep.nonretrieval import LabelRow, PairRow, drop_duplicates_and_conflicts, label_id, sts_examples
-from nemo_nvembed.prep import subsample
-from nemo_nvembed.prep.sources import SourceError, column_values, load_table
+from nemo_nvembed.paper_data import subsample
+from nemo_nvembed.paper_data.sources import SourceError, column_values, load_table
 
 
 @dataclass
@@ -163,13 +164,17 @@ def _beir_set(s, source_dir, report) -> RetrievalSet:
     report.rows_read = len(qrels_t)
     qrels: dict[str, dict[str, float]] = defaultdict(dict)
     known_docs = set(doc_ids)
-    for q, d, sc in zip(qrels_t["query-id"], qrels_t["corpus-id"], qrels_t["score"]):
-        if float(sc) <= 0:
+    for i, (q, d, sc) in enumerate(zip(qrels_t["query-id"], qrels_t["corpus-id"], qrels_t["score"]), 1):
+        try:
+            sc = float(sc)
+        except (TypeError, ValueError):
+            raise SourceError(f"{s.hf_id} qrels: row {i}: score {sc!r} is not a number") from None
+        if sc <= 0:
             report.filtered["qrels score <= 0 (not relevant)"] += 1
         elif str(d) not in known_docs:
             report.filtered["qrels document not in the corpus"] += 1
         else:
-            qrels[str(q)][str(d)] = float(sc)
+            qrels[str(q)][str(d)] = sc
     qids = [str(i) for i in queries["_id"]]
     qtexts = [t or "" for t in queries[s.fields.query]]
     missing = set(qrels) - set(qids)
