@@ -28,13 +28,14 @@ LAYOUTS = {"tp2_dp1": (2, 2), "tp1_dp2": (1, 2), "tp2_dp2": (2, 4)}  # name: (TP
 def train_cfg(data, grad_cache: bool):
     from omegaconf import OmegaConf
 
-    from nemo_nvembed.training.config import validate_train_config
+    from nemo_nvembed.training.config import stage_train_config
 
-    return validate_train_config(OmegaConf.create({
-        "data": {"path": str(data), "tasks": TASKS, "num_negatives": 3, "global_batch_size": 8},
-        "loss": {"temperature": 0.05, "in_batch_negatives": True},
-        "optim": {"lr": 1e-3, "warmup_steps": 3, "min_lr": 1e-4},
-        "chunking": {"chunk_size": CHUNK, "length_aware": True, "grad_cache": grad_cache}}))
+    # conf/stage1.yaml's train section + this test's sizes; plain and GradCache over the same chunks
+    return stage_train_config("stage1", [
+        f"train.data.path={data}", f"train.data.tasks={TASKS}", "train.data.num_negatives=3",
+        "train.data.global_batch_size=8", "train.loss.temperature=0.05", "train.optim.lr=1e-3",
+        "train.optim.warmup_steps=3", "train.optim.min_lr=1e-4", f"train.chunking.chunk_size={CHUNK}",
+        f"train.chunking.grad_cache={grad_cache}"])
 
 
 def train(model, data, grad_cache: bool, steps: int = STEPS) -> list[float]:

@@ -34,21 +34,22 @@ def write_examples(path: Path, n: int = 24, k: int = 3) -> None:
 def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=None, in_batch=True):
     """One contrastive step on the first global batch; returns (global loss, full-layout gradients
     summed over the DP ranks, token counts). Shared by the training and scale tests."""
-    from omegaconf import OmegaConf
 
     from nemo_nvembed.parallel import distributed, tp_layout
     from nemo_nvembed.data.jsonl import load_examples
     from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.tasks import TaskRegistry
     from nemo_nvembed.training.strategy import sum_gradients
-    from nemo_nvembed.training.config import validate_train_config
+    from nemo_nvembed.training.config import stage_train_config
     from nemo_nvembed.training.batches import BatchStream
     from nemo_nvembed.training.objective import ContrastiveObjective
 
-    tcfg = validate_train_config(OmegaConf.create({
-        "data": {"path": str(data_path), "tasks": TASKS, "num_negatives": 3, "global_batch_size": global_batch},
-        "loss": {"temperature": 0.05, "in_batch_negatives": in_batch}, "optim": {"lr": 1e-3},
-        "chunking": chunking or {}}))
+    # conf/stage1.yaml's train section (its chunking: GradCache, length-aware chunks) + this test's changes
+    tcfg = stage_train_config("stage1", [
+        f"train.data.path={data_path}", f"train.data.tasks={TASKS}", "train.data.num_negatives=3",
+        f"train.data.global_batch_size={global_batch}", "train.loss.temperature=0.05",
+        f"train.loss.in_batch_negatives={in_batch}", "train.optim.lr=1e-3",
+        *(f"train.chunking.{k}={v}" for k, v in (chunking or {}).items())])
     registry = TaskRegistry.from_yaml(TASKS)
     exs = load_examples(data_path, registry, 3).examples
     sampler = GlobalBatchSampler([e.task for e in exs], registry, global_batch, dp_rank, dp_size, 0, "blend")

@@ -18,57 +18,60 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nemo_nvembed.models.config import ConfigError, ModelConfig, validate_model_config
-from nemo_nvembed.parallel import DEFAULT_SEED
+from nemo_nvembed.paths import CONF
 
 
+# The train section's schema names keys and types only: every value comes from the stage YAML
+# (conf/stage1.yaml, stage2.yaml), the one source of defaults. Benchmarks and tests build their
+# train config from the same YAML (:func:`stage_train_config`), so they measure and test what runs.
 @dataclass
 class DataConfig:
     path: str = MISSING  # training JSONL
     tasks: str = MISSING  # task registry YAML (conf/tasks.yaml)
-    num_negatives: int = 7  # hard negatives per query (paper: 7)
-    allow_negative_resampling: bool = False  # fewer negatives than asked: error (default) or resample, counted
-    weights_from: str = "registry"  # registry: tasks.yaml weights (Table 6 counts); examples: examples present per task
-    task_weights: Dict[str, float] = field(default_factory=dict)  # per-task overrides, applied last
-    sampling: str = "blend"  # blend: every batch mixes tasks by weight (paper, stage 2); homogeneous: one task per batch
-    global_batch_size: int = 128  # queries per optimizer step over all DP ranks (paper: 128)
-    query_max_length: int = 512
-    doc_max_length: int = 512
-    seed: int = DEFAULT_SEED
-    duplicates: str = "error"  # repeated (task, query, pos, neg) examples: error (naming the lines) | drop (counted)
+    num_negatives: int = MISSING  # hard negatives per query
+    allow_negative_resampling: bool = MISSING  # fewer negatives than asked: error (false) or resample, counted
+    weights_from: str = MISSING  # registry | examples
+    task_weights: Dict[str, float] = MISSING  # per-task overrides, applied last
+    sampling: str = MISSING  # blend | homogeneous
+    global_batch_size: int = MISSING  # queries per optimizer step over all DP ranks
+    query_max_length: int = MISSING
+    doc_max_length: int = MISSING
+    seed: int = MISSING
+    duplicates: str = MISSING  # error | drop
 
 
 @dataclass
 class LossConfig:
-    temperature: float = 0.02
-    in_batch_negatives: bool = True  # stage 1: true; stage 2: false. Per-task switches in tasks.yaml
+    temperature: float = MISSING
+    in_batch_negatives: bool = MISSING  # per-task switches in tasks.yaml
 
 
 @dataclass
 class OptimConfig:
     lr: float = MISSING
-    weight_decay: float = 0.03
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1.0e-8
-    warmup_steps: int = 500
-    min_lr: float = 0.0  # linear decay ends here at trainer.max_steps
-    head_lr_mult: float = 1.0  # the pooling head's learning rate = lr x this (it starts from random weights)
+    weight_decay: float = MISSING
+    betas: List[float] = MISSING
+    eps: float = MISSING
+    warmup_steps: int = MISSING
+    min_lr: float = MISSING  # linear decay ends here at trainer.max_steps
+    head_lr_mult: float = MISSING  # the pooling head's learning rate = lr x this
 
 
 @dataclass
 class ValidationConfig:
-    beir: Optional[str] = None  # BEIR folder scored during training (null: no validation)
-    task: Optional[str] = None  # task whose eval_instruction the queries get
-    every_n_steps: int = 1000
-    batch_size: int = 32
+    beir: Optional[str] = MISSING  # BEIR folder scored during training (null: no validation)
+    task: Optional[str] = MISSING  # task whose eval_instruction the queries get
+    every_n_steps: int = MISSING
+    batch_size: int = MISSING
 
 
 @dataclass
 class ChunkingConfig:
-    chunk_size: int = 0  # at most this many sequences per forward chunk (0: the whole local batch at once)
-    length_aware: bool = True  # chunks group sequences of similar length, trimmed to their longest
-    chunk_cost_tokens: int = 64  # length-aware cuts minimise padded tokens + this x chunks (price of a forward call)
-    max_chunk_tokens: int = 0  # at most this many padded tokens per chunk (0: no limit): bounds GradCache memory
-    grad_cache: bool = False  # embed without gradients, loss, then chunk-wise backward (memory: one chunk)
+    chunk_size: int = MISSING  # sequences per forward chunk at most (0: the whole local batch at once)
+    length_aware: bool = MISSING  # chunks group sequences of similar length, trimmed to their longest
+    chunk_cost_tokens: int = MISSING  # length-aware cuts minimise padded tokens + this x chunks
+    max_chunk_tokens: int = MISSING  # padded tokens per chunk at most (0: no limit)
+    grad_cache: bool = MISSING  # embed without gradients, loss, then chunk-wise backward
 
 
 @dataclass
@@ -78,8 +81,19 @@ class TrainSection:
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
-    nonfinite_loss: str = "error"  # error: stop naming the step; skip: skip the step, counted
-    max_skipped_fraction: float = 0.01  # skip: the stage stops once more than this fraction of max_steps was skipped
+    nonfinite_loss: str = MISSING  # error | skip
+    max_skipped_fraction: float = MISSING
+
+
+def stage_train_config(stage: str = "stage1", overrides=()) -> DictConfig:
+    """The validated ``train`` section of ``conf/<stage>.yaml`` with Hydra overrides (``train.`` keys,
+    e.g. ``"train.data.path=x.jsonl"``): what a run of that stage trains with. ``train.data.tasks``
+    defaults to the repository's ``conf/tasks.yaml`` (the YAML names it relative to the launch directory)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name=stage, overrides=[f"train.data.tasks={CONF / 'tasks.yaml'}", *overrides])
+    return validate_train_config(cfg.train, source=f"conf/{stage}.yaml")
 
 
 def validate_train_config(cfg, source: str = "train config") -> DictConfig:
