@@ -24,7 +24,7 @@ FF multiplier m:
 LoRA's own FLOPs are negligible at rank 16 and are left out. MFU = FLOPs/token x real tokens/s /
 peak; the peak is ``--peak-tflops`` or a measured bf16 (GPU: bf16) matmul rate on this machine.
 Memory: peak RSS of the worker process (GPU: peak allocated) and the step's own peak tensor
-memory (see :func:`step_peak_memory`). Results go to ``--out`` as JSON for comparison across commits.
+memory (see :func:`~nemo_nvembed.benchmark.counters.step_peak_memory`). Results go to ``--out`` as JSON for comparison across commits.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from nemo_nvembed.benchmark.counters import step_peak_memory
 from nemo_nvembed.models.pooling import pooling_type
 from nemo_nvembed.parallel import cpu_compat
 from nemo_nvembed.paths import CONF, REPO
@@ -73,34 +74,6 @@ def measure_peak_tflops(device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
-
-
-def step_peak_memory(step, device: str) -> float:
-    """Peak tensor memory one step allocates above what was live before it, GiB.
-
-    GPU: the caching allocator's peak. CPU: the profiler's record of every allocation and free of
-    PyTorch's CPU allocator (one extra, untimed step), summed in time order. Unlike peak RSS this
-    leaves out the matmul library's per-shape kernel cache (oneDNN keeps ~0.6 MB per distinct bf16
-    GEMM shape, measured; GradCache's many chunk lengths create many shapes) and freed heap
-    pages the C allocator keeps: it is the memory that batch size, chunking and recompute govern.
-    """
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**30
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in events:  # allocations positive, frees negative
-        live += nbytes
-        peak = max(peak, live)
-    return peak / 2**30
 
 
 # ------------------------------------------------------------------------------------ workers
@@ -173,10 +146,10 @@ def worker(spec: dict) -> dict:
     k = spec["negatives"]
 
     if spec["system"] == "ours":
-        from nemo_nvembed.models.nvembed import NVEmbedModel
+        from nemo_nvembed.models.network import NVEmbedNetwork
         from nemo_nvembed.training.objective import ContrastiveObjective
 
-        model = NVEmbedModel(cfg).to(device).train()
+        model = NVEmbedNetwork(cfg).to(device).train()
         objective = ContrastiveObjective(tcfg, spec["queries"], seed=0)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-5)
