@@ -113,7 +113,7 @@ def test_released_head_layout_on_meta(single_process):
     """The head with NV-Embed-v2's config has exactly the released parameter names and shapes."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from nemo_nvembed.models.latent_attention import AttentionPooler
+    from nemo_nvembed.models.pooling.latent_attention import AttentionPooler
 
     cfg = OmegaConf.create(dict(type="latent_attention", num_latents=512, num_heads=8, dim_head=4096, ff_mult=4, normalize=True))
     tcfg = TransformerConfig(num_layers=1, hidden_size=4096, num_attention_heads=32, use_cpu_initialization=True)
@@ -202,3 +202,16 @@ def test_gpu_config_builds_the_local_layer_spec(monkeypatch, tokenizer_file):
     assert not tc.persist_layer_norm
     assert not tc.use_cpu_initialization  # the CUDA branch was taken
     WrappedTorchNorm(config=tc, hidden_size=cfg.backbone.hidden_size, eps=tc.layernorm_epsilon, normalization="RMSNorm")
+
+
+def test_pool_spans_agree_with_the_exported_remote_code():
+    """The exported remote code cannot import nemo_nvembed; its copy of the pool_span values must match."""
+    import importlib.util
+
+    from nemo_nvembed.models.text import POOL_SPANS
+
+    path = REPO / "nemo_nvembed" / "interop" / "remote_code" / "configuration_nvembed.py"
+    spec = importlib.util.spec_from_file_location("configuration_nvembed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.POOL_SPANS == POOL_SPANS

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.checks.schema import close_matches
 from nemo_nvembed.data.jsonl_io import iter_lines
-from nemo_nvembed.data.tasks import TaskRegistry, close_matches
+from nemo_nvembed.data.tasks import TaskRegistry
 
 REQUIRED_FIELDS = ("task", "query", "pos", "neg")
 OPTIONAL_FIELDS = ("pos_id", "neg_ids")

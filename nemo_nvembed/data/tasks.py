@@ -9,7 +9,6 @@ by the model code, not here.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -17,9 +16,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Union
 
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.checks.schema import close_matches, did_you_mean, merge_onto_schema
 
 
 class TaskKind(str, Enum):
@@ -69,18 +68,6 @@ class UnknownTaskError(UserError, LookupError):
     """A task name that the registry does not hold; the message lists close matches."""
 
 
-def close_matches(name: str, candidates: List[str], n: int = 3) -> List[str]:
-    """Closest names by difflib ratio, for 'did you mean' messages (case-insensitive)."""
-    lowered = {c.lower(): c for c in candidates}
-    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
-    return [lowered[h] for h in hits]
-
-
-def _did_you_mean(name: str, candidates: List[str]) -> str:
-    hits = close_matches(name, candidates)
-    return f" Did you mean: {', '.join(repr(h) for h in hits)}?" if hits else ""
-
-
 class TaskRegistry:
     """Validated, read-only mapping from task name to `Task`."""
 
@@ -105,14 +92,9 @@ class TaskRegistry:
 
         `source` names where the data came from, for error messages.
         """
-        schema = OmegaConf.structured(TaskRegistryFile)
-        try:
-            merged = OmegaConf.merge(schema, data)
-        except OmegaConfBaseException as e:
-            raise TaskConfigError(_format_omegaconf_error(source, e)) from None
-        missing = sorted(OmegaConf.missing_keys(merged))
-        if missing:
-            raise TaskConfigError(f"{source}: required key(s) not set: {', '.join(missing)}")
+        merged = merge_onto_schema(
+            TaskRegistryFile, data, source, TaskConfigError,
+            valid_keys=lambda parent: list(TaskSpec.__dataclass_fields__) if parent.startswith("tasks.") else ["tasks"])
         tasks: Dict[str, Task] = {}
         for name, spec in merged.tasks.items():
             where = f"{source}: tasks.{name}"
@@ -140,7 +122,7 @@ class TaskRegistry:
             return self._tasks[name]
         except KeyError:
             raise UnknownTaskError(
-                f"unknown task {name!r} (not in {self.source}).{_did_you_mean(name, self.names)}"
+                f"unknown task {name!r} (not in {self.source}).{did_you_mean(name, self.names)}"
             ) from None
 
     def __contains__(self, name: object) -> bool:
@@ -165,7 +147,7 @@ class TaskRegistry:
         for name, w in weights.items():
             if name not in tasks:
                 raise TaskConfigError(f"{source}: unknown task {name!r} (not in {self.source})."
-                                      f"{_did_you_mean(name, self.names)}")
+                                      f"{did_you_mean(name, self.names)}")
             w = float(w)
             if not (math.isfinite(w) and w > 0):
                 raise TaskConfigError(f"{source}.{name}: weight must be finite and > 0, got {w}")
@@ -176,16 +158,3 @@ class TaskRegistry:
     def suggest(self, name: str) -> List[str]:
         """Registered names close to `name` (for callers building their own messages)."""
         return close_matches(name, self.names)
-
-
-def _format_omegaconf_error(source: str, e: OmegaConfBaseException) -> str:
-    """'<file>: <full.key>: <reason>' from an OmegaConf error, with a suggestion for a typo."""
-    full_key = getattr(e, "full_key", None) or "<root>"
-    reason = str(getattr(e, "msg", e)).split("\n")[0]
-    hint = ""
-    key = getattr(e, "key", None)
-    if isinstance(key, str) and "not in" in reason:
-        parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
-        valid = list(TaskSpec.__dataclass_fields__) if parent.startswith("tasks.") else ["tasks"]
-        hint = _did_you_mean(key, valid)
-    return f"{source}: {full_key}: {reason}.{hint}"

@@ -1,4 +1,4 @@
-"""``NVEmbedModel`` as an `mteb <https://github.com/embeddings-benchmark/mteb>`_ (2.x) encoder, used by ``python -m nemo_nvembed.mteb_encoder``.
+"""``NVEmbedNetwork`` as an `mteb <https://github.com/embeddings-benchmark/mteb>`_ (2.x) encoder, used by ``python -m nemo_nvembed.mteb_encoder``.
 
 ``python -m nemo_nvembed.mteb_encoder --model X.nemo --tasks T1,T2 [--output-folder DIR]
 [--languages eng] [--batch-size N] [--precision bf16] [--tp N]`` runs MTEB tasks (mteb downloads their data) and
@@ -51,7 +51,7 @@ def registry_name(task_name: str, registry: TaskRegistry) -> str | None:
 
 
 class NVEmbedMTEBEncoder(AbsEncoder):
-    """Wraps a loaded ``NVEmbedModel``; batches with the model's own length-sorted ``encode``."""
+    """Wraps a loaded ``NVEmbedNetwork``; batches with the model's own length-sorted ``encode``."""
 
     def __init__(self, model, *, registry: TaskRegistry | None = None, name: str = "nemo_nvembed/model",
                  revision: str = "local", precision: str = "fp32", batch_size: int = 32, progress: bool = True):
@@ -122,11 +122,11 @@ def evaluate(model: str, tasks: str, languages: str | None, output_folder: str, 
     import mteb
 
     from nemo_nvembed.parallel import distributed
-    from nemo_nvembed.models.nvembed import NVEmbedModel
+    from nemo_nvembed.models.network import NVEmbedNetwork
 
     langs = [x.strip() for x in languages.split(",")] if languages else None
     task_list = mteb.get_tasks(tasks=[t.strip() for t in tasks.split(",") if t.strip()], languages=langs)
-    nv = NVEmbedModel.load(model, tp=tp or distributed.read_env().world_size)
+    nv = NVEmbedNetwork.load(model, tp=tp or distributed.read_env().world_size)
     rank0 = distributed.is_global_rank_zero()
     encoder = NVEmbedMTEBEncoder(nv, registry=TaskRegistry.from_yaml(tasks_yaml),
                                  name=f"nemo_nvembed/{Path(model).stem}", revision=_revision(model),

@@ -5,13 +5,13 @@ handling from a conf/model YAML plus overrides, or from an NV-Embed-v2 folder's 
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 
 from omegaconf import OmegaConf
 
 from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.checks.schema import same_value
 from nemo_nvembed.models.config import check_parallel_layout, validate_model_config
 from nemo_nvembed.paths import model_config_path
 
@@ -21,16 +21,10 @@ def parse_overrides(overrides: list[str]):
     dotlist = []
     for o in overrides:
         if "=" not in o:
-            raise SystemExit(f"override {o!r} is not key=value")
+            raise UserError(f"override {o!r} is not key=value")
         key, value = o.split("=", 1)
         dotlist.append(f"{key.removeprefix('model.')}={value}")
     return OmegaConf.from_dotlist(dotlist)
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(float(a), float(b), rel_tol=1e-6)
-    return a == b
 
 
 def nvembed_sections(nv: dict, state_dict, bcfg: dict) -> dict:
@@ -60,7 +54,7 @@ def build_config(src_backbone: dict, tok_cfg: dict, tokenizer_file: str, base: s
     cfg = OmegaConf.load(path)
     for key, value in src_backbone.items():
         old = OmegaConf.select(cfg, f"backbone.{key}")
-        if old is not None and not _same(old, value):
+        if old is not None and not same_value(old, value):
             print(f"note: backbone.{key}: {path.name} says {old}, the source says {value}; using the source")
     cfg.backbone = OmegaConf.merge(cfg.backbone, src_backbone)
     cfg.tokenizer = OmegaConf.merge(cfg.tokenizer, tok_cfg, {"file": tokenizer_file})

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.checks.schema import merge_onto_schema
 from nemo_nvembed.models.pooling import POOLINGS, pooling_type
+from nemo_nvembed.models.text import POOL_SPANS
 from nemo_nvembed.parallel import DEFAULT_SEED
 
 ATTENTION_TYPES = ("bidirectional", "causal")
-POOL_SPANS = ("exact", "nvembed_v2")  # models/text.py: which tokens are pooled
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 
 # Keys NeMo's ModelPT adds to a model config on its own; they are not ours to validate.
@@ -102,15 +102,7 @@ def validate_model_config(cfg, source: str = "model config", require_complete: b
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     for key in _NEMO_KEYS:
         raw.pop(key, None)
-    schema = OmegaConf.structured(ModelConfig)
-    try:
-        merged = OmegaConf.merge(schema, raw)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {e}") from None
-    if require_complete:
-        missing = sorted(OmegaConf.missing_keys(merged))
-        if missing:
-            raise ConfigError(f"{source}: required values are missing: {', '.join(missing)}")
+    merged = merge_onto_schema(ModelConfig, raw, source, ConfigError, require_complete=require_complete)
     _check_values(merged, source)
     return merged
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerFast
 
+POOL_SPANS = ("exact", "nvembed_v2")  # which tokens are pooled (module docstring); validated by models/config.py
+
 
 @dataclass
 class Batch:
@@ -53,8 +55,8 @@ class TextEncoder:
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, query_template: str, add_bos: bool, max_length: int,
                  pool_span: str):
-        if pool_span not in ("exact", "nvembed_v2"):
-            raise ValueError(f"pool_span {pool_span!r} is not 'exact' or 'nvembed_v2'")
+        if pool_span not in POOL_SPANS:
+            raise ValueError(f"pool_span {pool_span!r} is not one of {POOL_SPANS}")
         self.tok, self.template, self.add_bos, self.max_length = tokenizer, query_template, add_bos, max_length
         self.pool_span = pool_span
 

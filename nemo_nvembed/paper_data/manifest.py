@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.checks.schema import merge_onto_schema
 from nemo_nvembed.data.tasks import TaskRegistry
 
 FIELDS = {"retrieval": ("query", "pos"), "classification": ("text", "label"),
@@ -82,19 +82,6 @@ class Manifest:
     stage2: List[Any] = MISSING
 
 
-def _merged(schema, raw, where: str, key_prefix: str, unnamed: str):
-    """`raw` merged onto `schema` in struct mode; a bad or missing key is a ManifestError naming it."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or unnamed
-        raise ManifestError(f"{key_prefix}{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from None
-    missing = sorted(OmegaConf.missing_keys(merged))
-    if missing:
-        raise ManifestError(f"{where}: required key(s) not set: {', '.join(missing)}")
-    return merged
-
-
 def load_manifest(path: str | Path, registry: TaskRegistry):
     """Validated manifest (a DictConfig shaped like `Manifest`)."""
     path = Path(path)
@@ -104,7 +91,7 @@ def load_manifest(path: str | Path, registry: TaskRegistry):
         raise ManifestError(f"{path}: manifest not found") from None
     except Exception as e:  # YAML syntax errors carry their own line/column
         raise ManifestError(f"{path}: cannot parse YAML: {e}") from None
-    m = _merged(Manifest, raw, f"{path}", f"{path}: ", "<root>")
+    m = merge_onto_schema(Manifest, raw, str(path), ManifestError)
     if m.num_negatives < 1 or m.mining.top_k < 1 or not 0 < m.mining.perc_pos <= 1 or m.mining.pool_rows < 1:
         raise ManifestError(f"{path}: need num_negatives >= 1, mining.top_k >= 1, 0 < mining.perc_pos <= 1, "
                             "mining.pool_rows >= 1")
@@ -113,7 +100,7 @@ def load_manifest(path: str | Path, registry: TaskRegistry):
         for i, raw_set in enumerate(m[stage]):
             name = raw_set.get("name", "?") if hasattr(raw_set, "get") else "?"
             where = f"{path}: {stage}[{i}] ({name})"
-            s = _merged(SetSpec, raw_set, where, f"{where}.", "<entry>")
+            s = merge_onto_schema(SetSpec, raw_set, where, ManifestError, key_sep=".")
             sets.append(s)
             if s.name in names:
                 raise ManifestError(f"{where}: name {s.name!r} used twice in {stage}")

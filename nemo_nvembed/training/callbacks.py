@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import Callback
 
+from nemo_nvembed.data.beir_folder import load_beir
+from nemo_nvembed.eval.retrieval_metrics import score
+from nemo_nvembed.eval.sharded_encode import DPShardedEncoder
+
 
 class RetrievalValidation(Callback):
     """Scores a BEIR folder every ``every_n_steps`` optimizer steps and at the end; logs
     ``val_ndcg@10`` and ``val_recall@100``. All ranks encode (TP ranks must take part)."""
 
     def __init__(self, folder: str, instruction: str, every_n_steps: int, batch_size: int, precision: str):
-        from nemo_nvembed.data.beir import load_beir
-
         self.data, self.instruction = load_beir(folder), instruction
         self.every, self.batch_size, self.precision = every_n_steps, batch_size, precision
         self.history: list[tuple[int, dict]] = []
 
     def _run(self, trainer, model):
-        from nemo_nvembed.eval.beir import score
-        from nemo_nvembed.eval.sharded_encode import DPShardedEncoder
-
         step = trainer.global_step
         if self.history and self.history[-1][0] == step:
             return

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nemo_nvembed.checks.schema import merge_onto_schema
 from nemo_nvembed.models.config import ConfigError, ModelConfig, validate_model_config
 from nemo_nvembed.paths import CONF
 
@@ -97,14 +98,7 @@ def stage_train_config(stage: str = "stage1", overrides=()) -> DictConfig:
 
 
 def validate_train_config(cfg, source: str = "train config") -> DictConfig:
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(TrainSection), raw)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {e}") from None
-    missing = sorted(OmegaConf.missing_keys(merged))
-    if missing:
-        raise ConfigError(f"{source}: required values are missing: {', '.join('train.' + m for m in missing)}")
+    merged = merge_onto_schema(TrainSection, cfg, source, ConfigError, key_prefix="train.")
     if merged.data.sampling not in ("blend", "homogeneous"):
         raise ConfigError(f"{source}: train.data.sampling: {merged.data.sampling!r} is not 'blend' or 'homogeneous'")
     if merged.data.weights_from not in ("registry", "examples"):
@@ -223,12 +217,13 @@ def validate_stage_config(cfg) -> DictConfig:
     name = OmegaConf.select(cfg, "name") if isinstance(cfg, DictConfig) else cfg["name"]
     try:
         raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        merged = OmegaConf.merge(OmegaConf.structured(StageConfig), raw)
     except OmegaConfBaseException as e:
         raise ConfigError(f"stage {name}: {e}") from None
+    # model.* may stay unset here: init_from's saved config supplies the architecture (stage.check_architecture)
+    merged = merge_onto_schema(StageConfig, raw, f"stage {name}", ConfigError, require_complete=False)
     missing = sorted(k for k in OmegaConf.missing_keys(merged) if not k.startswith("model."))
     if missing:
-        raise ConfigError(f"stage {name}: required values are missing: {', '.join(missing)}")
+        raise ConfigError(f"stage {name}: required key(s) not set: {', '.join(missing)}")
     validate_model_config(merged.model, source=f"{name}: model", require_complete=False)
     validate_train_config(merged.train, source=f"{name}: train")
     check_stage_values(merged, source=str(name))

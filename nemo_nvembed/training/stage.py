@@ -9,26 +9,15 @@ checkpoint whose manifest verifies (:mod:`resume`, ``resume: auto|fresh``); once
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nemo_nvembed.checks.schema import config_diff
 from nemo_nvembed.models.config import ConfigError, validate_model_config
 from nemo_nvembed.training.config import validate_stage_config
 
 ARCH_KEYS = ("backbone", "attention", "pooling", "lora", "max_length", "query_template", "pool_span", "tokenizer")
-
-
-def _diff(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif isinstance(a, float) or isinstance(b, float):
-        if a is None or b is None or not math.isclose(float(a), float(b), rel_tol=1e-6):
-            yield prefix[:-1], a, b
-    elif a != b:
-        yield prefix[:-1], a, b
 
 
 def check_architecture(saved, wanted, init_from: str) -> None:
@@ -39,7 +28,7 @@ def check_architecture(saved, wanted, init_from: str) -> None:
     w = OmegaConf.to_container(wanted, resolve=True)
     for d in (s, w):
         d.get("tokenizer", {}).pop("file", None)
-    diffs = [x for k in ARCH_KEYS for x in _diff(s.get(k), w.get(k), f"{k}.")]
+    diffs = [x for k in ARCH_KEYS for x in config_diff(s.get(k), w.get(k), f"{k}.")]
     if diffs:
         lines = "\n".join(f"  model.{k}: {init_from} has {a!r}, the config says {b!r}" for k, a, b in diffs)
         raise ConfigError(f"the stage config's model section does not match {init_from}:\n{lines}\n"

@@ -1,10 +1,10 @@
-"""Attention pooling heads (:mod:`nemo_nvembed.models.latent_attention`): NV-Embed's latent attention
+"""Attention pooling types (their modules: :mod:`nemo_nvembed.models.pooling.latent_attention`): NV-Embed's latent attention
 (section 3.2) and the self-attention ablation (Table 2)."""
 from __future__ import annotations
 
 import dataclasses
 
-from nemo_nvembed.models.latent_attention import AttentionPooler
+from nemo_nvembed.models.pooling.latent_attention import AttentionPooler
 from nemo_nvembed.models.pooling.base import PoolingType
 
 

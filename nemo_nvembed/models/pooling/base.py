@@ -29,3 +29,9 @@ class PoolingType:
                          f"(NV-Embed-v2's layout) and mean/eos (backbone only)")
 
     hf_backbone_only = False  # exported as the backbone alone, the type named in the ``pooling`` field
+
+
+def masked_mean(h: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
+    """sum(h * mask) / sum(mask) over the sequence: [b, s, d], [b, s] -> [b, d]."""
+    m = pool_mask.to(h.dtype).unsqueeze(-1)  # [b, s, 1]
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)

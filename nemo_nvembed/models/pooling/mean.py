@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from nemo_nvembed.models.latent_attention import masked_mean
-from nemo_nvembed.models.pooling.base import PoolingType
+from nemo_nvembed.models.pooling.base import PoolingType, masked_mean
 
 
 class MeanPooler(torch.nn.Module):

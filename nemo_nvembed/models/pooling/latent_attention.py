@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.utils import init_method_normal
 
+from nemo_nvembed.models.pooling.base import masked_mean
 from nemo_nvembed.parallel import tp_layout
 
 
@@ -112,9 +113,3 @@ class AttentionPooler(torch.nn.Module):
         h = hidden + attn_block.fn(x, context, context_mask)  # [b, s, d]
         h = h + ff_block.fn(ff_block.norm(h))  # [b, s, d]
         return masked_mean(h, pool_mask)
-
-
-def masked_mean(h: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
-    """sum(h * mask) / sum(mask) over the sequence: [b, s, d], [b, s] -> [b, d]."""
-    m = pool_mask.to(h.dtype).unsqueeze(-1)  # [b, s, 1]
-    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
