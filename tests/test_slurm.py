@@ -5,6 +5,7 @@ CPU overrides make the GPU scripts run here: 2 tasks (gloo), the tiny model, a f
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -100,6 +101,11 @@ def test_two_nodes_equal_one_node_through_a_preemption(slurm_two_nodes, tmp_path
     assert "on 2 node(s), 2 task(s); master nvnode1:" in log, log[-3000:]
     resolved = (two / "stage1" / "resolved_config.yaml").read_text()
     assert "num_nodes: 2" in resolved and "devices: 1" in resolved, resolved
+    # The run folder also holds what launched it: the batch script and the process command.
+    assert "nvembed_train stage1" in (two / "stage1" / "sbatch_script.sh").read_text()
+    launch = json.loads((two / "stage1" / "launch.json").read_text())
+    assert launch["launcher"] == "slurm" and launch["slurm_job_id"] == str(jid2), launch
+    assert "nemo_nvembed.train" in (two / "stage1" / "launch_command.sh").read_text()
 
     a = nemo_weights(one / "stage1" / "stage1.nemo")
     b = nemo_weights(two / "stage1" / "stage1.nemo")

@@ -193,6 +193,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_base):
     assert done_before < steps - 1
     relaunch = subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps, tp2), capture_output=True, text=True, cwd=REPO)
     assert relaunch.returncode == 0, f"relaunch failed:\n{relaunch.stdout[-3000:]}\n{relaunch.stderr[-5000:]}"
+    # The run folder records the launch: torchrun's own command line, relaunchable as written.
+    launch = json.loads((resumed / "stage1" / "launch.json").read_text())
+    assert launch["launcher"] == "torchrun" and "torch.distributed.run" in launch["launcher_command"], launch
+    assert "nemo_nvembed.train" in (resumed / "stage1" / "launch_command.sh").read_text()
 
     a = nemo_weights(straight / "stage1" / "stage1.nemo")
     b = nemo_weights(resumed / "stage1" / "stage1.nemo")
