@@ -26,8 +26,6 @@ LAYOUTS = {"tp2_dp1": (2, 2), "tp1_dp2": (1, 2), "tp2_dp2": (2, 4)}  # name: (TP
 
 
 def train_cfg(data, grad_cache: bool):
-    from omegaconf import OmegaConf
-
     from nemo_nvembed.training.config import stage_train_config
 
     # conf/stage1.yaml's train section + this test's sizes; plain and GradCache over the same chunks

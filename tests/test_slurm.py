@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import REPO
 from slurm_cluster import job_state, slurm, slurm_two_nodes, wait_job  # noqa: F401  (fixtures)
-from test_training import TASKS, last_trace, nemo_weights, tiny_base, write_examples  # noqa: F401
+from test_training import TASKS, assert_same_nemo_weights, last_trace, tiny_base, write_examples  # noqa: F401
 
 SBATCH_CPU = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=30"]
 # The same world size (2, DP=2) over the two namespace nodes, one task each.
@@ -107,11 +106,7 @@ def test_two_nodes_equal_one_node_through_a_preemption(slurm_two_nodes, tmp_path
     assert launch["launcher"] == "slurm" and launch["slurm_job_id"] == str(jid2), launch
     assert "nemo_nvembed.train" in (two / "stage1" / "launch_command.sh").read_text()
 
-    a = nemo_weights(one / "stage1" / "stage1.nemo")
-    b = nemo_weights(two / "stage1" / "stage1.nemo")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    assert_same_nemo_weights(one / "stage1" / "stage1.nemo", two / "stage1" / "stage1.nemo")
     assert last_trace(one / "stage1") == last_trace(two / "stage1")
     print(f"\n[two nodes] one-node + preempted two-node jobs: {time.time() - start:.0f}s")
 

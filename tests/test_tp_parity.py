@@ -6,7 +6,6 @@ TP=2 restores under TP=2 (there) and TP=1 (here) with equal embeddings.
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 from conftest import tiny_config

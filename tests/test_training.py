@@ -120,6 +120,14 @@ def nemo_weights(path: Path) -> dict:
         return torch.load(tar.extractfile(member), map_location="cpu")
 
 
+def assert_same_nemo_weights(a_path: Path, b_path: Path) -> None:
+    """Two .nemo files hold bit-identical weights under the same names."""
+    a, b = nemo_weights(a_path), nemo_weights(b_path)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+
+
 def last_trace(run_dir: Path) -> dict:
     """(rank, step) -> example lines, the last entry of a step winning (a resumed run replays)."""
     out = {}
@@ -198,11 +206,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_base):
     assert launch["launcher"] == "torchrun" and "torch.distributed.run" in launch["launcher_command"], launch
     assert "nemo_nvembed.train" in (resumed / "stage1" / "launch_command.sh").read_text()
 
-    a = nemo_weights(straight / "stage1" / "stage1.nemo")
-    b = nemo_weights(resumed / "stage1" / "stage1.nemo")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    assert_same_nemo_weights(straight / "stage1" / "stage1.nemo", resumed / "stage1" / "stage1.nemo")
     # Same samples, step by step, on both ranks; every step trained exactly once in effect.
     ta, tb = last_trace(straight / "stage1"), last_trace(resumed / "stage1")
     assert ta == tb and sorted({s for (_, s) in ta}) == list(range(steps))
@@ -245,7 +249,7 @@ def test_every_stage_yaml_composes_and_validates():
 def test_demo_smoke(tmp_path, tokenizer_file):
     """The demo pipeline end to end on a tiny random HF Mistral: data, convert, eval, two stages."""
     from omegaconf import OmegaConf
-    from transformers import AutoTokenizer, MistralConfig, MistralModel
+    from transformers import MistralConfig, MistralModel
 
     hf = tmp_path / "tiny_hf"
     torch.manual_seed(0)

@@ -7,7 +7,6 @@ kernels are faster and lighter. Same inputs and output layout, so it is a spec c
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 
