@@ -11,20 +11,19 @@ positive + ``--negatives`` hard negatives)) with random weights of the same shap
 - reference_ckpt: the same with transformers' gradient checkpointing, what a user of the
   reference would turn on when the plain step does not fit in memory (``--systems`` picks).
 
-Model FLOPs per real token (training, frozen backbone + LoRA, fully trained head), L layers,
-width d, KV width d_kv, FFN width f, sequence length s, head with H heads of width h_d, r latents,
-FF multiplier m:
-    backbone matmuls   N_bb = L * (2 d^2 + 2 d d_kv + 3 d f)
-    backbone attention A_bb = 4 L s d                       (QK^T and AV, forward)
-    head matmuls       N_h  = 2 d H h_d + 2 m d^2 + m d^2   (to_q, to_out, GEGLU in/out)
-    head attention     A_h  = 4 r H h_d
-    FLOPs/token = 2 N_bb + A_bb            (forward)
-                + 2 N_bb + 2 A_bb          (backward: activation gradients only; frozen weights)
-                + 6 N_h + 3 A_h            (head: forward + activation and weight gradients)
-LoRA's own FLOPs are negligible at rank 16 and are left out. MFU = FLOPs/token x real tokens/s /
-peak; the peak is ``--peak-tflops`` or a measured bf16 (GPU: bf16) matmul rate on this machine.
+Configuration: the ``train`` section of ``conf/stage1.yaml`` (``--stage``), validated by the training
+schema, with the flags' overrides (``--queries``, ``--negatives``, lengths; chunking only where a
+flag is given: by default the benchmark chunks exactly as the stage trains) and the stage's
+``model.recompute`` (``--recompute`` overrides). :func:`bench_config` builds it; it is printed and
+written to the JSON (``config``), and the workers train with exactly that.
+
+Cost counters (:mod:`nemo_nvembed.benchmark.counters`, where each is defined), per system and step:
+``model_flops``, ``executed_flops``, ``aten_calls``, ``host_syncs``, ``nonmatmul_bytes_per_token``,
+counted on one extra step after the timed ones, beside ``padding_waste`` and ``mfu`` = model FLOPs per
+second / peak; the peak is ``--peak-tflops`` or a measured bf16 matmul rate on this machine.
 Memory: peak RSS of the worker process (GPU: peak allocated) and the step's own peak tensor
-memory (see :func:`~nemo_nvembed.benchmark.counters.step_peak_memory`). Results go to ``--out`` as JSON for comparison across commits.
+memory (:func:`~nemo_nvembed.benchmark.counters.step_peak_memory`, one more extra step). Results go
+to ``--out`` as JSON for comparison across commits.
 """
 from __future__ import annotations
 
@@ -41,22 +40,36 @@ from pathlib import Path
 
 import torch
 
-from nemo_nvembed.benchmark.counters import step_peak_memory
-from nemo_nvembed.models.pooling import pooling_type
+from nemo_nvembed.benchmark.counters import count_step, model_flops, step_peak_memory
 from nemo_nvembed.parallel import cpu_compat
 from nemo_nvembed.paths import CONF, REPO
 
 SMOLLM2_VOCAB = 49152
 
 
-def flops_per_token(model_cfg, seq_len: float) -> float:
-    b, p = model_cfg.backbone, model_cfg.pooling
-    L, d, f = b.num_layers, b.hidden_size, b.ffn_hidden_size
-    d_kv = d // b.num_attention_heads * b.num_query_groups
-    n_bb = L * (2 * d * d + 2 * d * d_kv + 3 * d * f)
-    a_bb = 4 * L * seq_len * d
-    flops = 4 * n_bb + 3 * a_bb + pooling_type(p.type).flops_per_token(p, d, seq_len)
-    return float(flops)
+def bench_config(args) -> dict:
+    """The train section (``conf/<stage>.yaml`` + the flags) and the model's recompute setting the workers use."""
+    from omegaconf import OmegaConf
+
+    from nemo_nvembed.training.config import stage_train_config
+
+    flags = {"data.path": args.data, "data.num_negatives": args.negatives, "data.global_batch_size": args.queries,
+             "data.query_max_length": args.query_max_length, "data.doc_max_length": args.doc_max_length,
+             "chunking.chunk_size": args.chunk_size, "chunking.length_aware": args.length_aware,
+             "chunking.chunk_cost_tokens": args.chunk_cost_tokens, "chunking.max_chunk_tokens": args.max_chunk_tokens,
+             "chunking.grad_cache": args.grad_cache}
+    train = stage_train_config(args.stage, [f"train.{k}={v}" for k, v in flags.items() if v is not None])
+    recompute = OmegaConf.to_container(_stage_model_recompute(args.stage))
+    if args.recompute is not None:
+        recompute["granularity"] = None if args.recompute == "none" else args.recompute
+    return {"stage": args.stage, "train": OmegaConf.to_container(train), "recompute": recompute}
+
+
+def _stage_model_recompute(stage: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name=stage).model.recompute
 
 
 def measure_peak_tflops(device: str) -> float:
@@ -95,6 +108,8 @@ def _setup(spec):
     cfg.tokenizer.file = spec["tokenizer"]
     if spec.get("layers"):
         cfg.backbone.num_layers = spec["layers"]
+    if spec.get("recompute"):  # the stage's runtime setting (bench_config)
+        cfg.recompute = spec["recompute"]
     cfg = validate_model_config(cfg)
     registry = TaskRegistry.from_yaml(CONF / "tasks.yaml")
     exs = load_examples(spec["data"], registry, spec["negatives"]).examples[: spec["queries"]]
@@ -133,13 +148,7 @@ def worker(spec: dict) -> dict:
     from nemo_nvembed.training.config import validate_train_config
     from nemo_nvembed.training.batches import BatchStream
 
-    tcfg = validate_train_config(OmegaConf.create({
-        "data": {"path": spec["data"], "tasks": str(CONF / "tasks.yaml"), "num_negatives": spec["negatives"],
-                 "global_batch_size": spec["queries"], "query_max_length": spec["query_max_length"],
-                 "doc_max_length": spec["doc_max_length"]},
-        "loss": {"temperature": 0.02, "in_batch_negatives": True}, "optim": {"lr": 1e-5},
-        "chunking": {"chunk_size": spec["chunk_size"], "length_aware": spec["length_aware"], "grad_cache": spec["grad_cache"],
-                     "chunk_cost_tokens": spec["chunk_cost_tokens"], "max_chunk_tokens": spec["max_chunk_tokens"]}}))
+    tcfg = validate_train_config(OmegaConf.create(spec["train"]), source="bench config")
     batch = fold_ids(BatchStream(exs, None, registry, text, tcfg.data, True, start=lambda: 0).collate(0, exs),
                      cfg.backbone.vocab_size)
     amp = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
@@ -178,7 +187,7 @@ def worker(spec: dict) -> dict:
         def step():
             opt.zero_grad(set_to_none=True)
             with amp:
-                loss = ref.step_loss(backbone, head, batch.queries, batch.docs, k, 0.02)
+                loss = ref.step_loss(backbone, head, batch.queries, batch.docs, k, tcfg.loss.temperature)
             loss.backward()
             opt.step()
 
@@ -188,18 +197,36 @@ def worker(spec: dict) -> dict:
     times = _timed(step, spec["warmup"], spec["steps"], device)
     real, padded = tokens()
     step_s = sum(times) / len(times)
-    step_peak = step_peak_memory(step, device) if spec["step_memory"] else None
     peak_mem = (torch.cuda.max_memory_allocated() / 2**30 if device == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    seq_len = real / (len(exs) * (2 + k))
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # of the timed steps
+    counts = count_step(step, device)  # one extra step under the counters
+    step_peak = step_peak_memory(step, device) if spec["step_memory"] else None
+    lengths = [*batch.queries.attention_mask.sum(1).tolist(), *batch.docs.attention_mask.sum(1).tolist()]
+    assert sum(lengths) == real, (sum(lengths), real)
+    needed = model_flops(cfg, lengths)
+    nonmatmul = counts.pop("nonmatmul_bytes")
     return {"system": spec["system"], "device": device, "step_s": step_s, "step_times": times,
             "tokens_real": real, "tokens_padded": padded, "tokens_per_s_real": real / step_s,
             "tokens_per_s_padded": padded / step_s, "padding_waste": (padded - real) / padded,
-            "peak_memory_gib": peak_mem, "step_peak_gib": step_peak, "flops_per_token": flops_per_token(cfg, seq_len),
+            "peak_memory_gib": peak_mem, "step_peak_gib": step_peak,
+            "model_flops": needed, "flops_per_token": needed / real, **counts,
+            "nonmatmul_bytes_per_token": nonmatmul / real,
             "sequences": len(exs) * (2 + k), **extra}
 
 
 # ------------------------------------------------------------------------------------ driver
+
+def print_config(config: dict) -> None:
+    """The configuration the workers run (one line each): chunking and recompute as the stage YAML + flags give them."""
+    t = config["train"]
+    print(f"[bench] config: conf/{config['stage']}.yaml train + flags", flush=True)
+    print("[bench]   train.chunking: " + " ".join(f"{k}={v}" for k, v in t["chunking"].items()), flush=True)
+    print(f"[bench]   model.recompute.granularity: {config['recompute']['granularity']}", flush=True)
+    print(f"[bench]   train.data: global_batch_size={t['data']['global_batch_size']} num_negatives="
+          f"{t['data']['num_negatives']} query_max_length={t['data']['query_max_length']} doc_max_length="
+          f"{t['data']['doc_max_length']}; train.loss.temperature={t['loss']['temperature']}", flush=True)
+
+
 
 _RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
 
@@ -241,11 +268,11 @@ def compare(args) -> None:
                 data = tmp / "data" / "stage1.jsonl"
         device = "cuda" if cpu_compat.cuda_available() else "cpu"
         peak = args.peak_tflops or measure_peak_tflops(device)
+        config = bench_config(argparse.Namespace(**{**vars(args), "data": str(data)}))
+        print_config(config)
         spec = {"model": args.model, "layers": args.layers, "tokenizer": args.tokenizer or _tokenizer_file(tmp),
-                "data": str(data), "queries": args.queries, "negatives": args.negatives,
-                "query_max_length": args.query_max_length, "doc_max_length": args.doc_max_length,
-                "chunk_size": args.chunk_size, "length_aware": not args.no_length_aware, "grad_cache": args.grad_cache,
-                "chunk_cost_tokens": args.chunk_cost_tokens, "max_chunk_tokens": args.max_chunk_tokens,
+                "data": str(data), "queries": args.queries, "negatives": config["train"]["data"]["num_negatives"],
+                "train": config["train"], "recompute": config["recompute"],
                 "step_memory": not args.no_step_memory, "precision": args.precision, "warmup": args.warmup, "steps": args.steps}
         results, failed = [], []
         for system in args.systems.split(","):
@@ -260,23 +287,25 @@ def compare(args) -> None:
                 failed.append({"system": system, "error": why})
                 continue
             r = json.loads(line.split(" ", 1)[1])
-            r["mfu"] = r["flops_per_token"] * r["tokens_per_s_real"] / (peak * 1e12)
+            r["mfu"] = r["model_flops"] / r["step_s"] / (peak * 1e12)
             results.append(r)
     header = ["system", "step s", "tok/s real", "tok/s padded", "peak RSS GiB" if device == "cpu" else "peak alloc GiB",
-              "step peak GiB", "padding", "GFLOP/token", "MFU"]
+              "step peak GiB", "padding", "MFU", "model GFLOP", "executed / model", "aten calls", "host syncs",
+              "non-matmul B/token"]
     rows = [[r["system"], f"{r['step_s']:.2f}", f"{r['tokens_per_s_real']:.0f}", f"{r['tokens_per_s_padded']:.0f}",
              f"{r['peak_memory_gib']:.2f}", "-" if r["step_peak_gib"] is None else f"{r['step_peak_gib']:.2f}",
-             f"{100 * r['padding_waste']:.1f}%", f"{r['flops_per_token'] / 1e9:.2f}",
-             f"{100 * r['mfu']:.1f}%"] for r in results]
+             f"{100 * r['padding_waste']:.1f}%", f"{100 * r['mfu']:.1f}%", f"{r['model_flops'] / 1e9:.1f}",
+             f"{r['executed_flops'] / r['model_flops']:.2f}", f"{r['aten_calls']:,}", f"{r['host_syncs']:,}",
+             f"{r['nonmatmul_bytes_per_token']:,.0f}"] for r in results]
     print(f"\nmodel {args.model}{f' ({args.layers} layers)' if args.layers else ''}, {device}, {args.precision}, "
-          f"{args.queries} queries x (1 + {args.negatives}) passages, peak {peak:.2f} TFLOP/s"
+          f"{args.queries} queries x (1 + {config['train']['data']['num_negatives']}) passages, peak {peak:.2f} TFLOP/s"
           f"{' (measured)' if not args.peak_tflops else ''}")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
     for f in failed:
         print(f"| {f['system']} | failed: {f['error']} |")
-    summary = {"args": vars(args), "peak_tflops": peak, "results": results, "failed": failed}
+    summary = {"args": vars(args), "config": config, "peak_tflops": peak, "results": results, "failed": failed}
     by = {r["system"]: r for r in results}
     for name in ("reference", "reference_ckpt"):
         if "ours" not in by or name not in by:

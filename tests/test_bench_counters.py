@@ -1,0 +1,120 @@
+"""The benchmark (``python -m nemo_nvembed.bench``) on CPU: its configuration is the stage YAML's, its
+cost counters are present and sane, and the model-FLOP formula matches FlopCounterMode on an
+unpadded plain step (the reference the definition names)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+from conftest import REPO, tiny_config
+
+COUNTERS = ("model_flops", "executed_flops", "aten_calls", "host_syncs", "nonmatmul_bytes_per_token", "padding_waste",
+            "mfu", "flops_per_token", "step_peak_gib", "tokens_real", "tokens_padded")
+
+
+def test_benchmark_runs_with_the_stage_config_and_reports_its_costs(tmp_path):
+    from nemo_nvembed.training.config import stage_train_config
+
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "-m", "nemo_nvembed.bench", "--model", "tiny", "--queries", "4", "--negatives", "3",
+                        "--warmup", "1", "--steps", "1", "--out", str(out), "--peak-tflops", "1.0",
+                        "--systems", "ours,reference,reference_ckpt"],
+                       capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    result = json.loads(out.read_text())
+
+    # the configuration: conf/stage1.yaml's chunking and recompute (no flag overrode them), printed as run
+    stage = stage_train_config("stage1", ["train.data.path=x.jsonl"])
+    chunking = {k: stage.chunking[k] for k in stage.chunking}
+    assert result["config"]["train"]["chunking"] == chunking
+    printed = next(x for x in p.stdout.splitlines() if "train.chunking:" in x).split("train.chunking:")[1].split()
+    assert printed == [f"{k}={v}" for k, v in chunking.items()]
+    assert result["config"]["recompute"]["granularity"] is None
+    assert "model.recompute.granularity: None" in p.stdout
+
+    assert [r["system"] for r in result["results"]] == ["ours", "reference", "reference_ckpt"]
+    ours, ref, ckpt = result["results"]
+    assert ours["tokens_real"] == ref["tokens_real"] == ckpt["tokens_real"]  # the same batch ...
+    assert ours["model_flops"] == ref["model_flops"] == ckpt["model_flops"]  # ... needs the same FLOPs
+    assert ours["padding_waste"] <= ref["padding_waste"]  # length-aware chunks
+    for r in result["results"]:
+        missing = [k for k in COUNTERS if k not in r]
+        assert not missing, (r["system"], missing)
+        assert r["executed_flops"] >= r["model_flops"] > 0, r["system"]
+        assert r["aten_calls"] > 0 and r["host_syncs"] >= 0 and r["nonmatmul_bytes_per_token"] > 0, r["system"]
+        assert 0 <= r["padding_waste"] < 1 and r["mfu"] > 0 and r["step_peak_gib"] > 0, r["system"]
+        assert abs(r["flops_per_token"] * r["tokens_real"] - r["model_flops"]) <= 1e-6 * r["model_flops"]
+    assert ckpt["executed_flops"] > ref["executed_flops"]  # checkpointing re-runs the backbone's forward
+    for col in ("| ours |", "| reference_ckpt |", "executed / model", "aten calls", "host syncs", "non-matmul B/token"):
+        assert col in p.stdout
+    assert "ratio_tokens_per_s_real" in result and "ratio_tokens_per_s_real_ckpt" in result
+
+
+def _uniform_examples(path, n: int):
+    """Examples whose queries (and passages) all have one token length: no padding in a chunk."""
+    words = ["apple", "house", "river", "green", "table", "light", "money", "water", "night", "paper", "music", "story"]
+    rows = [{"task": "PyDocRetrieval", "query": f"{words[i]} and {words[(i + 1) % 12]}",
+             "pos": f"the {words[i]} near the {words[(i + 5) % 12]} river", "pos_id": f"p{i}",
+             "neg": [f"the {words[(i + 3) % 12]} near the {words[(i + 7) % 12]} river"], "neg_ids": [f"n{i}"]}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_model_flops_match_flop_counter_on_an_unpadded_plain_step(tokenizer_file, single_process, tmp_path):
+    """model_flops counts forward + the trainable path's backward at real lengths: on a plain step (no
+    GradCache, no recompute) with no padding, FlopCounterMode executes that plus LoRA's own FLOPs (rank 1:
+    ~3% here) and the latents' K/V once per chunk."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nemo_nvembed.benchmark import counters
+    from nemo_nvembed.data.jsonl import load_examples
+    from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.models.network import NVEmbedNetwork
+    from nemo_nvembed.training.batches import BatchStream
+    from nemo_nvembed.training.config import stage_train_config
+    from nemo_nvembed.training.objective import ContrastiveObjective
+
+    tasks = str(REPO / "conf" / "tasks.yaml")
+    data = tmp_path / "train.jsonl"
+    _uniform_examples(data, 8)
+    cfg = tiny_config(tokenizer_file, **{"lora.rank": 1, "lora.dropout": 0.0})
+    model = NVEmbedNetwork(cfg).train()
+    tcfg = stage_train_config("stage1", [f"train.data.path={data}", f"train.data.tasks={tasks}", "train.data.num_negatives=1",
+                                         "train.data.global_batch_size=8", "train.chunking.grad_cache=false",
+                                         "train.chunking.chunk_size=0"])
+    registry = TaskRegistry.from_yaml(tasks)
+    exs = load_examples(data, registry, 1).examples
+    batch = BatchStream(exs, None, registry, model.text, tcfg.data, True, start=lambda: 0).collate(0, exs)
+    objective = ContrastiveObjective(tcfg, 8, seed=0)
+    with FlopCounterMode(display=False) as fc:
+        loss, _ = objective.step(model, batch)
+        loss.backward()
+    assert objective.tokens["real"] == objective.tokens["padded"]  # unpadded, as the definition counts
+    lengths = [*batch.queries.attention_mask.sum(1).tolist(), *batch.docs.attention_mask.sum(1).tolist()]
+    needed = counters.model_flops(cfg, lengths)
+    ratio = fc.get_total_flops() / needed
+    print(f"executed {fc.get_total_flops():.4g} / model {needed:.4g} = {ratio:.4f}")
+    assert 1.0 <= ratio <= 1.08, ratio
+
+
+def test_step_counter_counts_syncs_calls_and_nonmatmul_bytes():
+    x = torch.randn(64, 32)
+    w = torch.randn(32, 16)
+    with counters_mode() as c:
+        y = x @ w  # a matmul: 64 x 16 floats written, not counted as non-matmul
+        z = torch.relu(y)  # 64 x 16 x 4 bytes
+        z.view(-1)  # a view: writes nothing
+        float(z.sum())  # sum (4 bytes) + one host read
+        torch.nonzero(z > 0)  # data-dependent shape: a host sync
+    assert c.host_syncs == 2
+    assert c.aten_calls >= 6
+    nonzero_bytes = int((z > 0).sum()) * 2 * 8
+    assert c.nonmatmul_bytes == 64 * 16 * 4 + 4 + 64 * 16 + nonzero_bytes  # relu, sum, gt (bool), nonzero
+
+
+def counters_mode():
+    from nemo_nvembed.benchmark.counters import StepCounter
+
+    return StepCounter()
