@@ -202,6 +202,9 @@ def test_gpu_config_builds_the_local_layer_spec(monkeypatch, tokenizer_file):
     assert not tc.persist_layer_norm
     assert not tc.use_cpu_initialization  # the CUDA branch was taken
     WrappedTorchNorm(config=tc, hidden_size=cfg.backbone.hidden_size, eps=tc.layernorm_epsilon, normalization="RMSNorm")
+    # Sequence parallelism (never run on a GPU here) only when model.sequence_parallel asks for it.
+    assert not backbone.transformer_config(cfg.backbone, tp=2).sequence_parallel
+    assert backbone.transformer_config(cfg.backbone, tp=2, sequence_parallel=True).sequence_parallel
 
 
 def test_pool_spans_agree_with_the_exported_remote_code():

@@ -38,7 +38,8 @@ def use_transformer_engine(lora_cfg=None) -> bool:
     return True
 
 
-def transformer_config(backbone_cfg, tp: int, recompute=None, dtype: torch.dtype = torch.float32) -> TransformerConfig:
+def transformer_config(backbone_cfg, tp: int, recompute=None, dtype: torch.dtype = torch.float32,
+                       sequence_parallel: bool = False) -> TransformerConfig:
     """Megatron config for a Mistral/Llama backbone. Fusions only where their kernels exist."""
     on_gpu = cpu_compat.cuda_available()
     b = backbone_cfg
@@ -60,7 +61,7 @@ def transformer_config(backbone_cfg, tp: int, recompute=None, dtype: torch.dtype
         attention_dropout=0.0,
         init_method_std=b.init_std,
         tensor_model_parallel_size=tp,
-        sequence_parallel=on_gpu and tp > 1,
+        sequence_parallel=sequence_parallel and on_gpu and tp > 1,  # model.sequence_parallel: off until run on GPUs
         params_dtype=dtype,
         use_cpu_initialization=not on_gpu,
         perform_initialization=True,
@@ -102,8 +103,9 @@ class GPTEncoder(GPTModel):
         return hidden_states  # [s, b, h] (sequence-parallel shard when SP is on)
 
 
-def build_backbone(backbone_cfg, attention: str, tp: int, recompute=None, lora_cfg=None) -> GPTEncoder:
-    config = transformer_config(backbone_cfg, tp, recompute)
+def build_backbone(backbone_cfg, attention: str, tp: int, recompute=None, lora_cfg=None,
+                   sequence_parallel: bool = False) -> GPTEncoder:
+    config = transformer_config(backbone_cfg, tp, recompute, sequence_parallel=sequence_parallel)
     te = use_transformer_engine(lora_cfg)
     model = GPTEncoder(
         config=config,
@@ -117,6 +119,9 @@ def build_backbone(backbone_cfg, attention: str, tp: int, recompute=None, lora_c
         rotary_base=int(backbone_cfg.rope_theta),
     )
     model.uses_te = te
+    for m in model.modules():
+        if isinstance(m, SDPACoreAttention):  # packed sequences carry no mask: the kernel is told
+            m.causal = attention == "causal"
     return model
 
 

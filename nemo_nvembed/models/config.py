@@ -86,6 +86,7 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_length: int = 512
     query_template: str = "Instruct: {instruction}\nQuery: "
+    sequence_parallel: bool = False  # runtime (stage config): megatron's SP with TP > 1 on GPUs; off until run there
     pool_span: str = "exact"  # exact | nvembed_v2 (the released NV-Embed-v2 client's convention); see models/text.py
     seed: int = DEFAULT_SEED
 

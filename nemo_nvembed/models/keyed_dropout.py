@@ -50,12 +50,22 @@ _SIGN = -(2**31)  # int32 with only the top bit set: xor-ing it maps uint32 orde
 
 
 class _Keys:
-    """The keys of the sequences being embedded (int64 in [0, 2**32)), with the copies the paths use."""
+    """The keys of the sequences being embedded (int64 in [0, 2**32)), with the copies the paths use.
 
-    def __init__(self, keys: torch.Tensor):
-        self.tensor = keys.to(torch.int64) & _M32  # [b]
+    Packed sequences (``segments``, ``positions``: [t] CPU int64, the sequence index and the position
+    in its sequence of every token of one [t, 1, f] pack): each token's mask is the one it gets padded,
+    a function of (its sequence's key, its position in the sequence, feature) only."""
+
+    def __init__(self, keys: torch.Tensor, segments: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+        self.tensor = keys.to(torch.int64) & _M32  # [b] (packed: [n] sequences)
+        self.segments, self.positions = segments, positions
         self._values: list[int] | None = None
         self._on: dict[torch.device, torch.Tensor] = {}
+        self._packed_rows: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def packed(self) -> bool:
+        return self.segments is not None
 
     def values(self) -> list[int]:
         """As Python ints (CPU path; the chunking passes CPU keys, so no device sync)."""
@@ -106,10 +116,11 @@ def key_of(*parts: int) -> int:
 
 
 @contextmanager
-def sequence_keys(keys: torch.Tensor):
-    """Within the block, keyed dropout uses ``keys`` ([b] int64) for the b sequences of the forward."""
+def sequence_keys(keys: torch.Tensor, segments: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+    """Within the block, keyed dropout uses ``keys`` ([b] int64) for the b sequences of the forward;
+    packed ([t, 1, f] inputs): ``segments`` and ``positions`` ([t]) place every token (see :class:`_Keys`)."""
     global _keys
-    previous, _keys = _keys, _Keys(keys)
+    previous, _keys = _keys, _Keys(keys, segments, positions)
     try:
         yield
     finally:
@@ -188,6 +199,14 @@ def _feat_hash(offset: int, f: int, device: torch.device) -> torch.Tensor:
 def _row_hash(keys: _Keys, salt: int, s: int, device: torch.device) -> torch.Tensor:
     """[s, b, 1] int32: xorshift(mix32(pos ^ seq)), the row hash with the per-element first xorshift."""
     seq = [_as_int32(_mix32_int(_mix32_int(k ^ salt) ^ _SEQ)) for k in keys.values()]  # b Python ints
+    if keys.packed:  # [t, 1, 1]: each token's own (sequence, position)
+        cache = (salt, device)
+        if cache not in keys._packed_rows:
+            pos = _pos_hash(int(keys.positions.max()) + 1, torch.device("cpu")).view(-1)[keys.positions]  # [t]
+            h = torch.bitwise_xor(pos, torch.tensor(seq, dtype=torch.int32)[keys.segments]).view(-1, 1, 1)
+            _xorshift_(h)
+            keys._packed_rows[cache] = _mix_inner_(h).to(device)
+        return keys._packed_rows[cache]
     h = torch.bitwise_xor(_pos_hash(s, device), torch.tensor([[[v] for v in seq]], dtype=torch.int32, device=device))
     _xorshift_(h)
     return _mix_inner_(h)  # its last xorshift cancels the per-element first one (an involution)
@@ -288,10 +307,13 @@ def dropout(x: torch.Tensor, p: float, training: bool, salt: int, feature_offset
     if not 0.0 < p < 1.0:
         raise ValueError(f"keyed dropout: p must be in [0, 1), got {p}")
     s, b, f = x.shape
-    if _keys.tensor.numel() != b:
+    if _keys.packed:
+        if b != 1 or s != _keys.segments.numel():
+            raise RuntimeError(f"keyed dropout: a pack of {_keys.segments.numel()} tokens, input [{s}, {b}, {f}]")
+    elif _keys.tensor.numel() != b:
         raise RuntimeError(f"keyed dropout: {_keys.tensor.numel()} sequence keys for a batch of {b}")
     thr = _threshold(p)
-    if _use_fused(x):
+    if _use_fused(x) and not _keys.packed:  # packed: the eager path (exact; a fused packed kernel is to come)
         try:
             return _KeyedDropout.apply(x, _keys.on(x.device), _ids(salt, feature_offset, x.device), thr, p, True)
         except Exception as e:  # noqa: BLE001 - a compiler problem must not stop training: the eager path is exact too

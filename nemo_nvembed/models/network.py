@@ -25,6 +25,7 @@ from nemo_nvembed.models.backbone import attention_mask as build_attention_mask
 from nemo_nvembed.models.backbone import build_backbone
 from nemo_nvembed.models.config import check_parallel_layout, validate_model_config
 from nemo_nvembed.models.lora import apply_lora
+from nemo_nvembed.models.packing import Pack
 from nemo_nvembed.models.pooling import Pooler
 from nemo_nvembed.models.text import TextEncoder, load_tokenizer
 from nemo_nvembed.parallel import cpu_compat, distributed, tp_layout
@@ -68,7 +69,7 @@ class NVEmbedNetwork(torch.nn.Module):
         tokenizer_file = str(tokenizer_file or cfg.tokenizer.file)
         self._tokenizer_name = Path(tokenizer_file).name
         self._tokenizer_bytes = Path(tokenizer_file).read_bytes()
-        self.backbone = build_backbone(cfg.backbone, cfg.attention, tp, cfg.recompute, cfg.lora)
+        self.backbone = build_backbone(cfg.backbone, cfg.attention, tp, cfg.recompute, cfg.lora, cfg.sequence_parallel)
         self.lora_modules = apply_lora(self.backbone, cfg.lora)
         if cfg.recompute.granularity == "full":
             # megatron's recompute is a reentrant autograd function: it back-propagates only when
@@ -124,6 +125,17 @@ class NVEmbedNetwork(torch.nn.Module):
             hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
         hidden = _ContiguousGrad.apply(hidden).transpose(0, 1)  # [b, s, d]: the one transpose
         return self.pooler(hidden, attention_mask, pool_mask)
+
+    def forward_packed(self, pack: Pack) -> torch.Tensor:
+        """A :class:`~nemo_nvembed.models.packing.Pack` (on this network's device) -> [n, d] embeddings,
+        equal to :meth:`forward` on the same sequences padded (tests/test_packing.py)."""
+        if self.backbone.config.sequence_parallel or self.backbone.uses_te:
+            raise NotImplementedError("packed sequences run megatron's local spec without sequence parallelism")
+        t = pack.input_ids.shape[0]
+        position_ids = pack.positions.to(pack.input_ids.device).view(1, t)  # RoPE restarts per sequence (cu_seqlens)
+        hidden = self.backbone(pack.input_ids.view(1, t), position_ids, None, packed_seq_params=pack.thd_params())
+        hidden = _ContiguousGrad.apply(hidden)[:, 0]  # [t, 1, d] -> [t, d]
+        return self.pooler.forward_packed(hidden, pack)
 
     def embed_batch(self, batch) -> torch.Tensor:
         dev = next(self.parameters()).device

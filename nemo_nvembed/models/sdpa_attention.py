@@ -1,14 +1,29 @@
 """Core attention for megatron's local (non-Transformer-Engine) layer spec via PyTorch's fused
-``scaled_dot_product_attention``.
+kernels, padded or packed.
 
 megatron-core's local ``DotProductAttention`` materialises the [b, heads, s, s] score matrix with
 ``baddbmm`` and an unfused softmax; on CPU (and on GPUs without Transformer Engine) SDPA's fused
 kernels are faster and lighter. Same inputs and output layout, so it is a spec change.
+
+Padded (``[s, b, heads, hn]``, a padding mask): one ``scaled_dot_product_attention`` call; grouped
+queries share their key/value heads through SDPA's ``enable_gqa`` (no repeated K/V in memory).
+
+Packed (megatron's THD format, ``packed_seq_params.qkv_format == "thd"``: ``[t, heads, hn]``, the
+sequences end to end, ``cu_seqlens`` their boundaries): every sequence attends within itself only,
+never across. On CUDA one variable-length flash-attention call (``torch.nn.attention.varlen``); on
+CPU one SDPA call per sequence (exact FLOPs: no score is computed across sequences). The two are the
+same maths; tests compare packed with padded on CPU.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
+
+try:  # torch >= 2.9 on CUDA: variable-length flash attention
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch
+    varlen_attn = None
 
 
 class SDPACoreAttention(MegatronModule):
@@ -18,16 +33,36 @@ class SDPACoreAttention(MegatronModule):
         self.attn_mask_type = attn_mask_type
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         self.softmax_scale = softmax_scale
+        self.causal = False  # packed sequences: set by models/backbone.build_backbone for causal attention
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
-        """query [sq, b, np, hn], key/value [sk, b, ng, hn], mask True = blocked -> [sq, b, np*hn]."""
-        assert packed_seq_params is None and attention_bias is None
+        """query [sq, b, np, hn], key/value [sk, b, ng, hn], mask True = blocked -> [sq, b, np*hn];
+        packed: query [t, np, hn], key/value [t, ng, hn] -> [t, np, hn]."""
+        assert attention_bias is None
+        p = self.dropout if self.training else 0.0
+        if packed_seq_params is not None:
+            assert packed_seq_params.qkv_format == "thd" and p == 0.0, "packed attention: thd format, no dropout"
+            return self._packed(query, key, value, packed_seq_params)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
-        if k.shape[1] != q.shape[1]:  # grouped-query attention
-            rep = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         mask = None if attention_mask is None else ~attention_mask  # SDPA: True = attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale,
-                                             dropout_p=self.dropout if self.training else 0.0)  # [b, np, sq, hn]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale, dropout_p=p,
+                                             enable_gqa=k.shape[1] != q.shape[1])  # [b, np, sq, hn]
         return out.permute(2, 0, 1, 3).flatten(2)  # [sq, b, np*hn]
+
+    def _packed(self, query, key, value, params):
+        """Each sequence of the pack attends within itself (causal when ``self.causal``)."""
+        causal = self.causal
+        if query.is_cuda and varlen_attn is not None:
+            return varlen_attn(query, key, value, params.cu_seqlens_q, params.cu_seqlens_kv, params.max_seqlen_q,
+                               params.max_seqlen_kv, scale=self.softmax_scale,
+                               window_size=(-1, 0) if causal else (-1, -1),
+                               enable_gqa=key.shape[1] != query.shape[1])  # [t, np, hn]
+        outs = []
+        bounds = params.bounds  # host copy of cu_seqlens (models/network.py): no device sync per layer
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            q, k, v = (t[a:b].transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # [1, heads, s_i, hn]
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=self.softmax_scale,
+                                               enable_gqa=k.shape[1] != q.shape[1])  # [1, np, s_i, hn]
+            outs.append(o[0].transpose(0, 1))  # [s_i, np, hn]
+        return torch.cat(outs)  # [t, np, hn]

@@ -23,13 +23,46 @@ from dataclasses import dataclass
 import torch
 
 from nemo_nvembed.models import keyed_dropout
+from nemo_nvembed.models.packing import Pack
 from nemo_nvembed.parallel import distributed
 
 
 @dataclass
 class Chunk:
     index: torch.Tensor  # [c] positions of the chunk's sequences in the batch
-    length: int  # the chunk's padded length (its longest sequence)
+    length: int  # padded: the chunk's padded length (its longest sequence); packed: its tokens
+    packed: bool = False  # the sequences end to end, no padding (models/packing.py)
+    _pack: object = None  # the Pack, built once and reused by GradCache's second pass
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the forward processes (padded ones included)."""
+        return self.length if self.packed else len(self.index) * self.length
+
+
+def plan_packs(attention_mask: torch.Tensor, pack_tokens: int) -> list[Chunk]:
+    """Packed chunks of at most ``pack_tokens`` real tokens (a longer sequence is a chunk of its
+    own): first-fit decreasing over the sequences' lengths, so chunks are few and full."""
+    lengths = attention_mask.sum(1).tolist()  # [n] (CPU batch: no device sync)
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        j = next((j for j, r in enumerate(room) if r >= lengths[i]), None)
+        if j is None:
+            bins.append([i])
+            room.append(pack_tokens - lengths[i])
+        else:
+            bins[j].append(i)
+            room[j] -= lengths[i]
+    return [Chunk(torch.tensor(b), sum(lengths[i] for i in b), packed=True) for b in bins]
+
+
+def plan_for(attention_mask: torch.Tensor, chunking_cfg) -> list[Chunk]:
+    """The chunks ``train.chunking`` asks for: packed by a token budget, or padded (:func:`plan`)."""
+    c = chunking_cfg
+    if c.packed:
+        return plan_packs(attention_mask, c.pack_tokens)
+    return plan(attention_mask, c.chunk_size, c.length_aware, c.chunk_cost_tokens, c.max_chunk_tokens)
 
 
 def plan(attention_mask: torch.Tensor, chunk_size: int, length_aware: bool, chunk_cost_tokens: int,
@@ -69,7 +102,7 @@ def _cuts(desc: list[int], size: int, cost: int, max_tokens: int) -> list[int]:
 def token_counts(attention_mask: torch.Tensor, chunks: list[Chunk]) -> tuple[int, int]:
     """(real tokens, padded tokens) processed by these chunks."""
     real = int(attention_mask.sum())
-    padded = sum(len(c.index) * c.length for c in chunks)
+    padded = sum(c.tokens for c in chunks)
     return real, padded
 
 
@@ -86,6 +119,12 @@ def embed_chunk(model, batch, chunk: Chunk, seed: int, step: int, salt: int, gro
     idx, s = chunk.index, chunk.length
     dev = next(model.parameters()).device
     keys = global_keys(seed, step, group, idx, batch.input_ids.shape[0])
+    if chunk.packed:
+        if chunk._pack is None:  # built on the host and moved once; GradCache's second pass reuses it
+            chunk._pack = Pack.from_padded(batch.input_ids[idx], batch.attention_mask[idx], batch.pool_mask[idx]).to(dev)
+        pack = chunk._pack
+        with keyed_dropout.sequence_keys(keys, pack.segments, pack.positions):
+            return model.forward_packed(pack)  # [c, d]
     with keyed_dropout.sequence_keys(keys):
         return model(batch.input_ids[idx, :s].to(dev), batch.attention_mask[idx, :s].to(dev),
                      batch.pool_mask[idx, :s].to(dev))  # [c, d]

@@ -73,6 +73,8 @@ class ChunkingConfig:
     chunk_cost_tokens: int = MISSING  # length-aware cuts minimise padded tokens + this x chunks
     max_chunk_tokens: int = MISSING  # padded tokens per chunk at most (0: no limit)
     grad_cache: bool = MISSING  # embed without gradients, loss, then chunk-wise backward
+    packed: bool = MISSING  # sequences end to end in chunks of pack_tokens real tokens (no padding); else padded chunks
+    pack_tokens: int = MISSING  # packed: real tokens per chunk at most (the GradCache memory bound)
 
 
 @dataclass
@@ -84,6 +86,7 @@ class TrainSection:
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     nonfinite_loss: str = MISSING  # error | skip
     max_skipped_fraction: float = MISSING
+    watchdog_s: float = MISSING  # no progress (step, save, validation) for this long: dump stacks, exit 75; 0: off
 
 
 def stage_train_config(stage: str = "stage1", overrides=()) -> DictConfig:
@@ -107,6 +110,8 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
         raise ConfigError(f"{source}: train.nonfinite_loss: {merged.nonfinite_loss!r} is not 'error' or 'skip'")
     if merged.data.duplicates not in ("error", "drop"):
         raise ConfigError(f"{source}: train.data.duplicates: {merged.data.duplicates!r} is not 'error' or 'drop'")
+    if merged.watchdog_s < 0:
+        raise ConfigError(f"{source}: train.watchdog_s must be >= 0 (0: no watchdog), got {merged.watchdog_s}")
     if not 0 <= merged.max_skipped_fraction < 1:
         raise ConfigError(f"{source}: train.max_skipped_fraction must be in [0, 1), got {merged.max_skipped_fraction}")
     for key in ("global_batch_size", "num_negatives", "query_max_length", "doc_max_length"):
@@ -129,6 +134,8 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
     for key in ("chunk_cost_tokens", "max_chunk_tokens"):
         if merged.chunking[key] < 0:
             raise ConfigError(f"{source}: train.chunking.{key} must be >= 0")
+    if merged.chunking.packed and merged.chunking.pack_tokens < 1:
+        raise ConfigError(f"{source}: train.chunking.pack_tokens must be >= 1 with train.chunking.packed=true")
     if merged.validation.beir and not merged.validation.task:
         raise ConfigError(f"{source}: train.validation.task is required when train.validation.beir is set")
     return merged
@@ -138,6 +145,7 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
 @dataclass
 class ParallelConfig:
     tensor_model_parallel_size: int = MISSING
+    collective_timeout_s: float = MISSING  # every process group's timeout (NCCL and gloo)
 
 
 @dataclass
@@ -246,5 +254,11 @@ def check_stage_values(cfg, source: str) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ConfigError(f"{source}: trainer.max_steps must be an integer >= 1, got {steps!r} "
                           f"(a stage of 0 steps would write an untrained .nemo)")
+    timeout, watchdog = cfg.parallel.collective_timeout_s, cfg.train.watchdog_s
+    if not timeout > 0:
+        raise ConfigError(f"{source}: parallel.collective_timeout_s must be > 0, got {timeout}")
+    if watchdog and timeout <= watchdog:
+        raise ConfigError(f"{source}: parallel.collective_timeout_s={timeout:g} must exceed train.watchdog_s={watchdog:g}: "
+                          f"the watchdog names the hung step and phase, a collective timeout only fails a collective")
     if cfg.resume not in RESUME_MODES:
         raise ConfigError(f"{source}: resume: {cfg.resume!r} is not one of {RESUME_MODES}")

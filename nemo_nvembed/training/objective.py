@@ -46,8 +46,7 @@ class ContrastiveObjective:
 
     def step(self, model, batch: ContrastiveBatch):
         c = self.cfg.chunking
-        q_chunks, d_chunks = (chunking.plan(b.attention_mask, c.chunk_size, c.length_aware, c.chunk_cost_tokens,
-                                            c.max_chunk_tokens) for b in (batch.queries, batch.docs))
+        q_chunks, d_chunks = (chunking.plan_for(b.attention_mask, c) for b in (batch.queries, batch.docs))
         counts = [chunking.token_counts(batch.queries.attention_mask, q_chunks),
                   chunking.token_counts(batch.docs.attention_mask, d_chunks)]
         self.tokens = {"real": sum(r for r, _ in counts), "padded": sum(p for _, p in counts)}

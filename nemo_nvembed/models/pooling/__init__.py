@@ -43,3 +43,8 @@ class Pooler(torch.nn.Module):
     def forward(self, hidden, attention_mask, pool_mask):
         pooled = self.head(hidden, attention_mask, pool_mask)  # [b, d]
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def forward_packed(self, hidden, pack):
+        """hidden [t, d] of a :class:`~nemo_nvembed.models.packing.Pack` -> [n, d], pooled per sequence."""
+        pooled = self.head.forward_packed(hidden, pack)  # [n, d]
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled

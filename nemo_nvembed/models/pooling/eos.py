@@ -13,6 +13,9 @@ class EOSPooler(torch.nn.Module):
         last = attention_mask.long().sum(1) - 1  # [b]
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [b, d]
 
+    def forward_packed(self, hidden, pack):  # [t, d] -> [n, d]: each sequence's last token
+        return hidden[pack.cu_seqlens[1:].long() - 1]
+
 
 class EOS(Mean):  # exported like mean pooling: the backbone alone
     @staticmethod

@@ -104,6 +104,19 @@ class AttentionPooler(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
         """hidden: [b, s, d]; attention_mask, pool_mask: [b, s] -> pooled [b, d]."""
+        return masked_mean(self._token_outputs(hidden, attention_mask), pool_mask)
+
+    def forward_packed(self, hidden: torch.Tensor, pack) -> torch.Tensor:
+        """hidden: [t, d] packed (:class:`~nemo_nvembed.models.packing.Pack`) -> pooled [n, d]. Latent
+        attention treats every token alone (its keys are the latents), so the head runs on the pooled
+        tokens only; self-attention needs each sequence's tokens, so it runs padded."""
+        if not self.latent:
+            return self(*pack.unpack(hidden))
+        h = self._token_outputs(hidden[pack.pool_index][None], None)[0]  # [p, d]
+        return pack.segment_mean(h)
+
+    def _token_outputs(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """[b, s, d] -> the head's output per token, [b, s, d] (before pooling)."""
         attn_block, ff_block = self.cross_attend_blocks
         x = attn_block.norm(hidden)
         if self.latent:
@@ -111,5 +124,4 @@ class AttentionPooler(torch.nn.Module):
         else:
             context, context_mask = x, attention_mask
         h = hidden + attn_block.fn(x, context, context_mask)  # [b, s, d]
-        h = h + ff_block.fn(ff_block.norm(h))  # [b, s, d]
-        return masked_mean(h, pool_mask)
+        return h + ff_block.fn(ff_block.norm(h))  # [b, s, d]

@@ -10,6 +10,9 @@ class MeanPooler(torch.nn.Module):
     def forward(self, hidden, attention_mask, pool_mask):
         return masked_mean(hidden, pool_mask)
 
+    def forward_packed(self, hidden, pack):  # [t, d] -> [n, d]
+        return pack.segment_mean(hidden[pack.pool_index])
+
 
 class Mean(PoolingType):
     hf_backbone_only = True

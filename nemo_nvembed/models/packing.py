@@ -1,0 +1,82 @@
+"""Packed sequences: the real tokens of several texts end to end in one row, no padding.
+
+A :class:`Pack` is built on the host from a right-padded slice of a batch (``[n, s]`` ids and masks)
+and moved to the device once. The network runs it as megatron's THD layout
+(``PackedSeqParams(qkv_format="thd")``): attention stays within each sequence
+(:mod:`nemo_nvembed.models.sdpa_attention`), RoPE positions restart at every sequence (megatron
+applies them per ``cu_seqlens``), LoRA dropout is keyed by (sequence, position in the sequence)
+(:mod:`keyed_dropout`), and the pooling head sees only the pooled tokens and pools per sequence
+(:meth:`nemo_nvembed.models.pooling.Pooler.forward_packed`). So a packed forward computes what the
+padded one computes, without the padding (tests/test_packing.py: embeddings and every gradient).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Pack:
+    input_ids: torch.Tensor  # [t] the real tokens of n sequences, end to end
+    pool_mask: torch.Tensor  # [t] 1 for tokens pooled into their sequence's embedding
+    bounds: list[int]  # [n + 1] host copy of cu_seqlens: sequence i is tokens bounds[i]:bounds[i+1]
+    cu_seqlens: torch.Tensor  # [n + 1] int32
+    segments: torch.Tensor  # [t] int64: the sequence of each token
+    positions: torch.Tensor  # [t] int64: the position of each token in its sequence
+    pool_index: torch.Tensor  # [p] int64: the pooled tokens
+    pool_segment: torch.Tensor  # [p] int64: their sequences
+    pool_count: torch.Tensor  # [n] float: pooled tokens per sequence
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.bounds) - 1
+
+    @property
+    def max_length(self) -> int:
+        return max(b - a for a, b in zip(self.bounds[:-1], self.bounds[1:]))
+
+    @classmethod
+    def from_padded(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor) -> "Pack":
+        """From right-padded [n, s] ids and masks (CPU)."""
+        real = attention_mask.bool()  # [n, s]
+        lengths = real.sum(1)  # [n]
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+        torch.cumsum(lengths, 0, out=cu[1:])
+        segments = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # [t]
+        positions = torch.arange(int(cu[-1])) - cu[:-1][segments]  # [t]
+        pool = pool_mask[real]  # [t]: row-major selection keeps each sequence's tokens together, in order
+        pool_index = pool.nonzero().squeeze(1)  # [p]
+        return cls(input_ids[real], pool, cu.tolist(), cu.to(torch.int32), segments, positions, pool_index,
+                   segments[pool_index], torch.bincount(segments[pool_index], minlength=len(lengths)).float())
+
+    def to(self, device: torch.device) -> "Pack":
+        """The device tensors moved once (segments/positions stay on the host: dropout keys read them there)."""
+        move = {f: getattr(self, f).to(device, non_blocking=True)
+                for f in ("input_ids", "pool_mask", "cu_seqlens", "pool_index", "pool_segment", "pool_count")}
+        return Pack(move["input_ids"], move["pool_mask"], self.bounds, move["cu_seqlens"], self.segments,
+                    self.positions, move["pool_index"], move["pool_segment"], move["pool_count"])
+
+    def thd_params(self):
+        """megatron's packed-sequence parameters (with ``bounds``, the host copy our CPU kernel reads)."""
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
+                                 max_seqlen_q=self.max_length, max_seqlen_kv=self.max_length)
+        params.bounds = self.bounds
+        return params
+
+    def segment_mean(self, token_out: torch.Tensor) -> torch.Tensor:
+        """[p, d] outputs of the pooled tokens -> [n, d] their mean per sequence."""
+        out = torch.zeros(self.num_sequences, token_out.shape[-1], dtype=token_out.dtype, device=token_out.device)
+        out.index_add_(0, self.pool_segment, token_out)
+        return out / self.pool_count.clamp_min(1.0).to(token_out.dtype)[:, None]
+
+    def unpack(self, token_out: torch.Tensor, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[t, d] -> right-padded ([n, s, d], attention mask [n, s], pool mask [n, s]) for heads that need the padded layout."""
+        n, s = self.num_sequences, length or self.max_length
+        flat = (self.segments * s + self.positions).to(token_out.device)  # [t] index into [n * s]
+        hidden = token_out.new_zeros(n * s, token_out.shape[-1]).index_copy(0, flat, token_out).view(n, s, -1)
+        attn = torch.zeros(n * s, dtype=torch.long, device=token_out.device).index_fill_(0, flat, 1).view(n, s)
+        pool = torch.zeros(n * s, dtype=self.pool_mask.dtype, device=token_out.device).index_copy(0, flat, self.pool_mask).view(n, s)
+        return hidden, attn, pool
