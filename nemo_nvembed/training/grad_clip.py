@@ -22,11 +22,11 @@ def global_grad_norm(params, tp_group=None, tp_rank: int = 0) -> torch.Tensor:
     # so it must sit on the parameters' device (NCCL takes no CPU tensor).
     dev = grads[0].device if grads else next((p.device for p in params if p.requires_grad), torch.device("cpu"))
     total = torch.zeros((), dtype=torch.float32, device=dev)
-    for p in params:
-        if not p.requires_grad or p.grad is None:
-            continue
-        if getattr(p, "tensor_model_parallel", False) or tp_rank == 0:  # replicated: counted once
-            total += p.grad.detach().float().pow(2).sum()
+    # Replicated parameters are counted once (TP rank 0); one fused multi-tensor norm, not a loop of kernels.
+    counted = [p.grad.detach() for p in params if p.requires_grad and p.grad is not None
+               and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0)]
+    if counted:
+        total = total + torch.stack(torch._foreach_norm(counted)).float().pow(2).sum()
     if tp_group is not None and dist.is_initialized() and dist.get_world_size(tp_group) > 1:
         dist.all_reduce(total, group=tp_group)
     return total.sqrt()
@@ -37,7 +37,7 @@ def clip_grad_norm(params, max_norm: float, tp_group=None, tp_rank: int = 0) -> 
     params = list(params)
     norm = global_grad_norm(params, tp_group, tp_rank)
     coef = torch.clamp(max_norm / (norm + EPS), max=1.0)
-    for p in params:
-        if p.requires_grad and p.grad is not None:
-            p.grad.detach().mul_(coef.to(p.grad.device))
+    grads = [p.grad.detach() for p in params if p.requires_grad and p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, coef.to(grads[0].device))  # one fused multi-tensor scale
     return norm

@@ -87,7 +87,7 @@ class ContrastiveObjective:
 
 def nonfinite_anywhere(loss: torch.Tensor) -> bool:
     """True on every rank when the loss is non-finite on any rank (one MAX all-reduce)."""
-    flag = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=loss.device)
+    flag = (~torch.isfinite(loss.detach())).float().reshape(1)  # on the loss's device: no sync before the reduce
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return bool(flag.item())  # the step's one host sync for this decision
