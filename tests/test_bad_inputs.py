@@ -151,6 +151,17 @@ TRAIN_CASES = {
     "skip fraction 1": (["train.max_skipped_fraction=1.0"], "train.max_skipped_fraction must be in [0, 1)"),
     "duplicate examples": (["train.data.path={dup}"], "train_dup.jsonl:13: duplicate of line 5"),
     "init_from damaged": (["init_from={tmp}/text.nemo"], "text.nemo: not a readable .nemo archive"),
+    # The layout (issue 23): each with the world size the launcher gives (WORLD_SIZE, set for the case).
+    "TP 2 on 1 process": (["parallel.tensor_model_parallel_size=2"], "tensor_model_parallel_size=2 does not divide the world size 1"),
+    "TP 3 vs heads (3 processes)": (["parallel.tensor_model_parallel_size=3", "world=3"],
+                                    "backbone.num_attention_heads=4 is not divisible by tensor_model_parallel_size=3"),
+    "TP 4 vs query groups (4 processes)": (["parallel.tensor_model_parallel_size=4", "world=4"],
+                                           "backbone.num_query_groups=2 is not divisible by tensor_model_parallel_size=4"),
+    "global batch vs DP (2 processes)": (["train.data.global_batch_size=3", "world=2"],
+                                         "global_batch_size=3 is not divisible by the data-parallel size 2"),
+    "query_max_length vs instruction": (["train.data.query_max_length=1"],
+                                        "query_max_length=1 leaves no room for text after the instruction of PyDocRetrieval"),
+    "doc_max_length vs EOS": (["train.data.doc_max_length=1"], "doc_max_length=1 leaves no room for text"),
 }
 
 
@@ -176,7 +187,11 @@ def test_train_refuses_before_restoring_weights(case, tiny_nemo, tmp_path, monke
 
     damaged_nemo(tiny_nemo, tmp_path / "text.nemo", "text")
     extra, expected = TRAIN_CASES[case]
-    cfg = _compose(tmp_path, tiny_nemo, extra)
+    world = next((int(e.split("=")[1]) for e in extra if e.startswith("world=")), None)
+    cfg = _compose(tmp_path, tiny_nemo, [e for e in extra if not e.startswith("world=")])
+    if world:  # rank 0 of a launch of `world` processes: refused before the process group exists
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", str(world))
     restored = []
     real = NVEmbedNetwork.load.__func__
 
@@ -226,8 +241,12 @@ def test_busy_run_folder_is_refused_before_weights(tiny_nemo, tmp_path):
 
 
 def test_train_user_error_is_one_line_without_traceback(tmp_path):
+    """One process; the same under 2 processes: tests/test_stops.py."""
     p = subprocess.run([sys.executable, "-m", "nemo_nvembed.train", "--config-name", "stage1", "model=tiny",
                         f"run_root={tmp_path}", "train.data.path=x.jsonl", f"train.data.tasks={TASKS}",
                         "trainer.max_steps=0"], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert p.returncode != 0
-    assert "error: stage1: trainer.max_steps must be an integer >= 1" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 2
+    errors = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("error:")]
+    assert errors == ["error: stage1: trainer.max_steps must be an integer >= 1, got 0 (a stage of 0 steps would write an "
+                      "untrained .nemo)"], p.stderr
+    assert "Traceback" not in p.stdout + p.stderr, p.stderr

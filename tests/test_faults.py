@@ -233,18 +233,24 @@ def test_nonfinite_decision_is_the_same_on_every_rank():
 def test_skipped_steps_on_2_ranks_apply_no_update_and_stop_past_the_limit(tmp_path, tiny_nemo):
     """Every step non-finite (temperature 1e-45): steps 0 and 1 are skipped under 2-process Lightning
     (formerly a crash: Lightning refuses a None loss under DDP), the checkpoint at step 2 holds the
-    initial weights (no update), and the third skip passes max_skipped_fraction=0.5 of 4 steps."""
-    from test_training import nemo_weights, torchrun_cmd, write_examples
+    initial weights (no update), and the third skip passes max_skipped_fraction=0.5 of 4 steps: a
+    runtime stop, one ``error:`` line naming the step and what to do (exit 3), the traceback in the run
+    folder's stop_rank<r>.log, none on the terminal (the local launcher: ``--nproc-per-node 2``)."""
+    from test_stops import one_error_line, train_cmd
+    from test_training import nemo_weights, write_examples
 
     data = tmp_path / "train.jsonl"
     write_examples(data)
-    p = subprocess.run(torchrun_cmd(tmp_path / "r", tiny_nemo, data, 4,
-                                    ["train.loss.temperature=1e-45", "train.nonfinite_loss=skip",
-                                     "train.max_skipped_fraction=0.5"]),
+    p = subprocess.run(train_cmd(tmp_path / "r", tiny_nemo, data, 2,
+                                 ["train.loss.temperature=1e-45", "train.nonfinite_loss=skip",
+                                  "train.max_skipped_fraction=0.5"]),
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     out = p.stdout + p.stderr
-    assert p.returncode != 0, out[-3000:]
-    assert "3 steps skipped for a non-finite loss" in out and "train.max_skipped_fraction=0.5" in out, out[-3000:]
+    line = one_error_line(out)
+    assert p.returncode == 3, out[-3000:]
+    assert "3 steps skipped for a non-finite loss (the last at step 2)" in line and "train.max_skipped_fraction=0.5" in line
+    assert "lower the lr, check the data" in line
+    assert "FloatingPointError" in (tmp_path / "r" / "stage1" / "stop_rank0.log").read_text()
     assert not (tmp_path / "r" / "stage1" / "stage1.nemo").exists(), "no untrained .nemo"
     ckpt = next((tmp_path / "r" / "stage1" / "checkpoints").glob("*step=2*.ckpt"))
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)

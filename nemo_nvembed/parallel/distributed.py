@@ -6,9 +6,12 @@ them, a single-process world is created, so a model can be built in a notebook o
 """
 from __future__ import annotations
 
+import datetime
+import math
 import os
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -90,9 +93,11 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def init_process_group(backend: str | None = None) -> DistEnv:
+def init_process_group(backend: str | None = None, timeout_s: float | None = None) -> DistEnv:
     """Initialise torch.distributed once (NCCL with CUDA, gloo otherwise). A launched worker
-    (torchrun or srun) dies with its launcher (:func:`die_with_parent`)."""
+    (torchrun or srun) dies with its launcher (:func:`die_with_parent`). ``timeout_s``: how long a
+    collective may wait before it fails (a stage passes ``parallel.collective_timeout_s``; None: torch's
+    default, 10 min for NCCL and 30 min for gloo)."""
     env = read_env()
     if env.launcher != "none":
         die_with_parent()
@@ -106,19 +111,22 @@ def init_process_group(backend: str | None = None) -> DistEnv:
         init_method=f"tcp://{env.master_addr}:{env.master_port}",
         rank=env.rank,
         world_size=env.world_size,
+        **({"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}),
     )
     return env
 
 
-def initialize(tensor_model_parallel_size: int = 1, seed: int = DEFAULT_SEED, backend: str | None = None) -> None:
-    """Process group + megatron parallel state (TP x DP = world size) + RNG seeds.
+def initialize(tensor_model_parallel_size: int = 1, seed: int = DEFAULT_SEED, backend: str | None = None,
+               timeout_s: float | None = None) -> None:
+    """Process group + megatron parallel state (TP x DP = world size) + RNG seeds; ``timeout_s`` applies
+    to the default group and to every TP and DP group megatron creates.
 
     Idempotent for the same TP size; asking for a different TP size after initialisation is an error.
     """
     from megatron.core import parallel_state as ps
 
     cpu_compat.activate()
-    init_process_group(backend)
+    init_process_group(backend, timeout_s)
     world = dist.get_world_size()
     if world % tensor_model_parallel_size:
         raise ValueError(
@@ -129,7 +137,9 @@ def initialize(tensor_model_parallel_size: int = 1, seed: int = DEFAULT_SEED, ba
         if have != tensor_model_parallel_size:
             raise ValueError(f"parallel state already initialised with TP={have}, asked for TP={tensor_model_parallel_size}")
         return
-    ps.initialize_model_parallel(tensor_model_parallel_size=tensor_model_parallel_size, pipeline_model_parallel_size=1)
+    minutes = {"distributed_timeout_minutes": max(1, math.ceil(timeout_s / 60))} if timeout_s else {}
+    ps.initialize_model_parallel(tensor_model_parallel_size=tensor_model_parallel_size, pipeline_model_parallel_size=1,
+                                 **minutes)
     cpu_compat.model_parallel_seed(seed)
 
 
@@ -219,3 +229,34 @@ def decided_on_rank0(decide):
     if kind == "error":
         raise value
     return value
+
+
+def launch_local_workers(nproc: int, module: str, args: list[str]) -> int:
+    """``torchrun --nproc-per-node nproc -m module args`` through torch's own launcher, in this process,
+    without its failure banner: a worker that failed has printed its own ``error:`` line (or its
+    traceback), so this returns the first failed worker's exit status (128 + signal when killed) or 0."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun's agent logs each worker's failure and the SIGTERMs it sends; the workers' own lines say more.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(["--nproc-per-node", str(nproc), "-m", module, *args]))
+    except ChildFailedError as e:
+        _, failure = e.get_first_failure()
+        code = failure.exitcode
+        return 128 - code if code < 0 else code or 1
+    return 0
+
+
+def is_launched() -> bool:
+    """This process is a worker of a launcher (torchrun or srun)."""
+    return read_env().launcher != "none"
+
+
+def report_once(message: str) -> None:
+    """Print one line to stderr on global rank 0 only: a user error every rank found alike."""
+    if read_env().rank == 0:
+        print(message, file=sys.stderr, flush=True)
