@@ -61,3 +61,35 @@ def test_cuda_bf16_close_to_fp32(make_tiny):
     bf16 = model.encode(TEXTS, instruction="Find it", precision="bf16")
     cos = torch.nn.functional.cosine_similarity(fp32.float(), bf16.float(), dim=-1)
     assert cos.min() > 0.99, cos
+
+
+@needs_cuda
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_packed_varlen_attention_equals_padded_on_cuda(tokenizer_file, single_process, attention):
+    """On CUDA a pack runs variable-length flash attention (torch.nn.attention.varlen, bf16): its
+    embeddings and gradients agree with the padded forward (SDPA with a padding mask)."""
+    from conftest import model_with_random_lora
+
+    from nemo_nvembed.models import keyed_dropout
+    from nemo_nvembed.models.packing import Pack
+
+    net, _ = model_with_random_lora(tokenizer_file, seed=3, **{"attention": attention, "lora.dropout": 0.1})
+    net = net.cuda().train()
+    b = net.text(TEXTS + ["short"], instruction="Find it")
+    keys = torch.tensor([11, 22, 33])
+    pack = Pack.from_padded(b.input_ids, b.attention_mask, b.pool_mask).to(torch.device("cuda"))
+    outs = []
+    for packed in (False, True):
+        net.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if packed:
+                with keyed_dropout.sequence_keys(keys, pack.segments, pack.positions):
+                    e = net.forward_packed(pack)
+            else:
+                with keyed_dropout.sequence_keys(keys):
+                    e = net(b.input_ids.cuda(), b.attention_mask.cuda(), b.pool_mask.cuda())
+        e.float().sum().backward()
+        outs.append((e.float().detach().cpu(), net.pooler.head.latents.grad.float().cpu()))
+    cos = torch.nn.functional.cosine_similarity(outs[0][0], outs[1][0], dim=-1)
+    assert cos.min() > 0.999, cos
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=5e-2, atol=5e-3)
