@@ -218,3 +218,35 @@ def test_pool_spans_agree_with_the_exported_remote_code():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.POOL_SPANS == POOL_SPANS
+
+
+def test_frozen_weights_in_bf16_keep_fp32_trainables_and_fp32_nemo(tokenizer_file, single_process, tmp_path):
+    """trainer.precision bf16: the frozen backbone is held in bf16 (no per-call casts under autocast);
+    LoRA and the head stay fp32 (master weights, Adam state); the bf16 step stays close to the fp32-weight
+    bf16 step; the .nemo is written in fp32."""
+    from conftest import model_with_random_lora
+
+    from nemo_nvembed.models.checkpoint import load_weights, read_config
+
+    net, _ = model_with_random_lora(tokenizer_file, seed=3, **{"lora.dropout": 0.0})
+    net.train()
+    b = net.text(["a longer text of several words about sorting lists", "short"], instruction="Find it")
+
+    def step():
+        net.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            e = net(b.input_ids, b.attention_mask, b.pool_mask)
+        e.float().sum().backward()
+        return e.float().detach(), {n: p.grad.float() for n, p in net.named_parameters() if p.grad is not None}
+
+    e0, g0 = step()
+    net.cast_frozen_(torch.bfloat16)
+    assert {p.dtype for p in net.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for p in net.parameters() if p.requires_grad} == {torch.float32}
+    e1, g1 = step()
+    assert torch.nn.functional.cosine_similarity(e0, e1).min() > 0.999
+    for k in g0:
+        assert torch.nn.functional.cosine_similarity(g0[k].flatten(), g1[k].flatten(), dim=0) > 0.99, k
+    net.save_to(str(tmp_path / "m.nemo"))
+    saved = load_weights(tmp_path / "m.nemo", read_config(tmp_path / "m.nemo"))
+    assert {v.dtype for v in saved.values()} == {torch.float32}

@@ -170,6 +170,16 @@ class NVEmbedNetwork(torch.nn.Module):
             self.train(was_training)
         return out
 
+    def cast_frozen_(self, dtype: torch.dtype) -> "NVEmbedNetwork":
+        """Hold the frozen weights (backbone, embedding, norms) in ``dtype``: under bf16 autocast the
+        matmuls read them as they are instead of re-casting every frozen weight on every forward and
+        input-gradient pass, and they take half the memory. Trainable weights (LoRA, the head) keep
+        fp32 master weights (and so fp32 Adam state). ``.nemo`` files are written in fp32 either way."""
+        for p in self.parameters():
+            if not p.requires_grad and p.is_floating_point():
+                p.data = p.data.to(dtype)
+        return self
+
     # ------------------------------------------------------------------ full-layout weights, .nemo
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """All parameters in the TP=1 layout (collective over the TP group)."""
@@ -180,7 +190,7 @@ class NVEmbedNetwork(torch.nn.Module):
 
     def save_to(self, save_path: str) -> None:
         """Write a TP-independent ``.nemo``. Every rank must call it (the weights are gathered)."""
-        full = self.full_state_dict()
+        full = {k: v.float() if v.dtype == torch.bfloat16 else v for k, v in self.full_state_dict().items()}
         if distributed.is_global_rank_zero():
             with tempfile.TemporaryDirectory() as tmp:
                 tok = Path(tmp) / self._tokenizer_name

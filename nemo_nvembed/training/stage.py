@@ -187,6 +187,10 @@ def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path) -> Path 
         saved.recompute = mcfg.recompute
         saved.sequence_parallel = mcfg.sequence_parallel
     network = NVEmbedNetwork.load(cfg.init_from, tp=None, cfg=saved)
+    if str(cfg.trainer.precision).startswith("bf16"):  # bf16 autocast: frozen weights held in bf16 (no per-call casts)
+        import torch  # the command validates before anything heavy is imported
+
+        network.cast_frozen_(torch.bfloat16)
     registry = sampling_registry(registry, loaded.summary.examples_per_task, tcfg.data)
     sampler = GlobalBatchSampler([e.task for e in loaded.examples], registry, tcfg.data.global_batch_size,
                                  distributed.dp_rank(), distributed.dp_size(), tcfg.data.seed, tcfg.data.sampling)
