@@ -9,6 +9,7 @@ Runs the command as a user does (``python -m nemo_nvembed.train --nproc-per-node
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,3 +87,66 @@ def test_disk_full_writing_the_nemo_is_one_line_and_relaunch_writes_it(tmp_path,
     p = subprocess.run(train_cmd(tmp_path / "r", tiny_base, data, None, [f"output_nemo={small}/stage1.nemo"]),
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert p.returncode == 0 and (small / "stage1.nemo").exists(), p.stderr[-3000:]
+
+
+def rank_pid(run_root: Path, rank: int, timeout: float = 120) -> int:
+    """The worker of ``rank`` among the processes whose command line names ``run_root``."""
+    from test_training import worker_pids
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for pid in worker_pids(run_root):
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in env or f"SLURM_PROCID={rank}".encode() in env:
+                return pid
+        time.sleep(0.5)
+    raise AssertionError(f"no worker of rank {rank} under {run_root}")
+
+
+def wait_for_steps(run_dir: Path, steps: int, proc: subprocess.Popen | None = None, timeout: float = 300) -> None:
+    trace = run_dir / "samples" / "rank0.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (trace.exists() and len(trace.read_text().splitlines()) >= steps):
+        assert proc is None or proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    assert trace.exists(), f"no step traced in {timeout} s"
+
+
+WATCHDOG_S = 8
+# torchrun's agent SIGTERMs the other workers and SIGKILLs them 30 s later (a stopped one ignores SIGTERM).
+SLACK_S = 45
+
+
+def test_a_stopped_rank_ends_the_run_with_the_watchdog_status_and_a_dump(tmp_path, tiny_base, data):
+    """SIGSTOP rank 1 mid-run (a hung rank): rank 0 waits in the next collective, its watchdog finds no
+    progress for train.watchdog_s, writes hang_rank0.txt (step, phase, every thread's stack: the
+    collective it waits in) and exits 75; the launch ends with 75 within watchdog + slack, not at the
+    collective timeout (60 s here) nor the job's time limit."""
+    from nemo_nvembed.training.watchdog import HANG_EXIT
+
+    run_root = tmp_path / "r"
+    cmd = train_cmd(run_root, tiny_base, data, 2, ["trainer.max_steps=400", f"train.watchdog_s={WATCHDOG_S}",
+                                                   "parallel.collective_timeout_s=60"])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        wait_for_steps(run_root / "stage1", 3, proc)
+        os.kill(rank_pid(run_root, 1), signal.SIGSTOP)
+        stopped = time.time()
+        out, _ = proc.communicate(timeout=WATCHDOG_S + SLACK_S + 60)
+        took = time.time() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == HANG_EXIT, out[-3000:]
+    assert took < WATCHDOG_S + SLACK_S, f"{took:.0f} s from the stop to the end"
+    line = one_error_line(out)
+    assert "rank 0 made no progress for" in line and "hang_rank0.txt" in line, line
+    dump = (run_root / "stage1" / "hang_rank0.txt").read_text()
+    # where it waited: the step's collectives or a checkpoint save's, whichever came first after the stop
+    assert re.search(r"^step \d+, phase: (optimizer step|checkpoint save|after step)", dump, re.M), dump[:2000]
+    assert "--- thread MainThread" in dump, dump[:2000]
+    assert "all_reduce" in dump or "all_gather" in dump or "barrier" in dump or "broadcast" in dump, dump[-3000:]
+    print(f"\n[watchdog] stop -> exit {HANG_EXIT}: {took:.0f} s (train.watchdog_s={WATCHDOG_S})")
