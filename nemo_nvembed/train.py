@@ -42,10 +42,10 @@ def one_line_stops(task):
         try:
             return task(cfg)
         except UserError as e:
-            distributed.report_once(f"error: {e}")
+            distributed.report_once(f"error: {e}", 2)
             raise SystemExit(2) from None
         except StageStopped as e:
-            distributed.report_once(f"error: {e}")
+            distributed.report_once(f"error: {e}", STOP_EXIT)
             raise SystemExit(STOP_EXIT) from None
 
     return wrapped

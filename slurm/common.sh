@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # What launch/stage1.sh and launch/stage2.sh share, written once: environment, rendezvous,
-# container, and requeue after preemption. Sourced, not executed.
+# container, and requeue after preemption, a hung rank or a lost node. Sourced, not executed.
 #
 # Environment (all optional):
 #   NVEMBED_HOME    the repository checkout (default: the directory sbatch was called from)
@@ -9,6 +9,7 @@
 #   NVEMBED_IMAGE   container image (pyxis/enroot); unset = run in the current environment
 #   NVEMBED_MOUNTS  container mounts (default: $NVEMBED_HOME, $NVEMBED_OUT, $NVEMBED_DATA at the same paths)
 #   NVEMBED_PYTHON  python to run outside a container (default: $NVEMBED_HOME/.venv/bin/python if present, else python)
+#   NVEMBED_MAX_RESTARTS  requeues of one job after a hung rank (exit 75) or a failed task / lost node (default 3)
 #
 # Multi-node GPU fabric (NCCL). Each is left unset unless you set it, and then NCCL detects the
 # network itself, which is right on most clusters; set them (export before sbatch; srun passes the
@@ -69,14 +70,27 @@ nvembed_srun() {
     srun "${args[@]}" "$@"
 }
 
-# Run one training stage; Hydra overrides pass through unchanged. When the stage stopped for
-# preemption or a time limit (it saved a checkpoint and left a PREEMPTED marker), requeue this
-# job: on restart the same command resumes from that checkpoint.
+# Run one training stage; Hydra overrides pass through unchanged. Requeue this job (the same command
+# then resumes from the newest verified checkpoint) when the stage
+#   - stopped for preemption or a time limit (it saved a checkpoint and left a PREEMPTED marker);
+#   - ended by the watchdog (exit 75: a rank made no progress for train.watchdog_s), or a task failed
+#     or a node was lost (srun's non-zero exit), at most NVEMBED_MAX_RESTARTS times per job, counted
+#     in $NVEMBED_OUT/<stage>/faults/restarts.log (one line per restart: time, job, status, why; in a
+#     subfolder because NeMo's exp_manager moves the run folder's loose files to run_<n>/ on a restart).
+# Never after a user error (exit 2: the config, layout or data is wrong), a runtime stop that a restart
+# would repeat (exit 3: non-finite loss, too many skipped steps, the .nemo not written), or a clean finish.
+# srun's own status is the highest of its tasks' (a task it killed after another exited 2 makes it 143),
+# so the stage's workers record their status in a file (NVEMBED_EXIT_STATUS_FILE) and that decides.
 nvembed_train() {
     local stage=$1
     shift
-    local marker="$NVEMBED_OUT/$stage/PREEMPTED"
+    local run_dir="$NVEMBED_OUT/$stage"
+    local marker="$run_dir/PREEMPTED" faults="$run_dir/faults"
+    mkdir -p "$faults"
     rm -f "$marker"
+    NVEMBED_EXIT_STATUS_FILE="$faults/exit_status-$SLURM_JOB_ID"
+    export NVEMBED_EXIT_STATUS_FILE
+    rm -f "$NVEMBED_EXIT_STATUS_FILE"
     local rc=0
     nvembed_srun "$NVEMBED_PYTHON" -m nemo_nvembed.train --config-name "$stage" "run_root=$NVEMBED_OUT" "$@" || rc=$?
     if [ -f "$marker" ]; then
@@ -84,5 +98,32 @@ nvembed_train() {
         scontrol requeue "$SLURM_JOB_ID"
         exit 0
     fi
-    return "$rc"
+    [ "$rc" -eq 0 ] && return 0
+    local recorded=""
+    if [ -s "$NVEMBED_EXIT_STATUS_FILE" ]; then
+        recorded=$(cut -d' ' -f1 "$NVEMBED_EXIT_STATUS_FILE" | sort -n | uniq | tr '\n' ' ')
+    fi
+    local why
+    case " $recorded" in
+        *" 2 "*)
+            echo "[nvembed] $stage refused its configuration, layout or data (exit 2, the error: line above): not requeued"
+            return 2 ;;
+        *" 3 "*)
+            echo "[nvembed] $stage stopped on a runtime error that a restart would repeat (exit 3, the error: line above): not requeued"
+            return 3 ;;
+        *" 75 "*) why="a rank made no progress for train.watchdog_s (exit 75; stacks in hang_rank<r>.txt, moved to $run_dir/run_<n>/ by the restart)" ;;
+        *) why="a task failed or a node was lost (srun exit $rc)" ;;
+    esac
+    local max=${NVEMBED_MAX_RESTARTS:-3} done=0
+    if [ -f "$faults/restarts.log" ]; then
+        done=$(grep -c " job $SLURM_JOB_ID " "$faults/restarts.log" || true)
+    fi
+    if [ "$done" -ge "$max" ]; then
+        echo "[nvembed] $stage ended: $why; not requeued: $done restart(s) of job $SLURM_JOB_ID already (NVEMBED_MAX_RESTARTS=$max)"
+        return "$rc"
+    fi
+    echo "$(date '+%F %T') job $SLURM_JOB_ID status $rc: $why" >> "$faults/restarts.log"
+    echo "[nvembed] $stage ended: $why; restart $((done + 1)) of $max: requeueing job $SLURM_JOB_ID (resumes from the newest verified checkpoint)"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +151,73 @@ def test_dockerfile_matches_pyproject():
     assert users and users[-1] not in ("root", "0")
     for src in ("nemo_nvembed", "conf", "launch", "slurm", "pyproject.toml"):
         assert f"COPY {src}" in text
+
+
+def test_hung_rank_on_two_nodes_requeues_and_resumes_bit_equal(slurm_two_nodes, tmp_path, tiny_base):
+    """SIGSTOP rank 1 (on nvnode2) mid-run: rank 0's watchdog ends the step with exit 75 within
+    train.watchdog_s + slack, slurm/common.sh requeues the job (restarts.log and the job log say why),
+    the restart resumes from the newest verified checkpoint and the final weights and sample order
+    equal an uninterrupted one-node run's, bit for bit. The same path serves a lost node (srun's
+    non-zero exit without a recorded status): only the reason line differs."""
+    from test_stops import rank_pid
+
+    watchdog_s, slack_s = 20, 40  # slurmstepd SIGKILLs the stopped task KillWait (10 s) after the SIGTERM
+    data = tmp_path / "train.jsonl"
+    write_examples(data, n=64)
+    steps = 20
+    extra = ["train.data.global_batch_size=16", "train.data.doc_max_length=64", f"train.watchdog_s={watchdog_s}",
+             "parallel.collective_timeout_s=300"]
+    one, two = tmp_path / "one_node", tmp_path / "two_nodes"
+    one.mkdir()
+    two.mkdir()
+    jid1 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, extra), one, OMP_NUM_THREADS="1")
+    jid2 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, extra), two, resources=SBATCH_TWO_NODES,
+                  OMP_NUM_THREADS="1")
+    trace = two / "stage1" / "samples" / "rank0.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (trace.exists() and len(trace.read_text().splitlines()) >= 7):
+        time.sleep(0.2)
+    assert trace.exists(), job_log(two, jid2)[-3000:]
+    os.kill(rank_pid(two, 1), signal.SIGSTOP)
+    stopped = time.time()
+    restarts_log = two / "stage1" / "faults" / "restarts.log"
+
+    def seconds_until(cond, limit=600):
+        while time.time() < stopped + limit and not cond():
+            time.sleep(0.2)
+        return time.time() - stopped if cond() else None
+
+    requeued = seconds_until(restarts_log.exists)
+    restarted = seconds_until(lambda: "(restart 1)" in job_log(two, jid2))
+    traced = len(trace.read_text().splitlines())  # the restart appends from its resume step on
+    resumed = seconds_until(lambda: len(trace.read_text().splitlines()) > traced)
+    assert requeued is not None and requeued < watchdog_s + slack_s, (requeued, job_log(two, jid2)[-4000:])
+    assert resumed is not None, job_log(two, jid2)[-4000:]
+    assert wait_job(jid1, timeout=600) == "COMPLETED", job_log(one, jid1)[-3000:]
+    assert wait_job(jid2, timeout=600) == "COMPLETED", job_log(two, jid2)[-4000:]
+    _, restarts = job_state(jid2)
+    log = job_log(two, jid2)
+    assert restarts == 1 and "made no progress for train.watchdog_s (exit 75" in log, log[-4000:]
+    assert "restart 1 of 3: requeueing job" in log, log[-4000:]
+    assert f"job {jid2} status" in restarts_log.read_text()
+    assert list((two / "stage1").glob("run_*/hang_rank0.txt")), "the rank that waited left its stacks"
+    assert_same_nemo_weights(one / "stage1" / "stage1.nemo", two / "stage1" / "stage1.nemo")
+    assert last_trace(one / "stage1") == last_trace(two / "stage1")
+    print(f"\n[hung rank] SIGSTOP -> requeued {requeued:.0f} s, -> restarted by Slurm {restarted:.0f} s, "
+          f"-> first resumed step {resumed:.0f} s (train.watchdog_s={watchdog_s})")
+
+
+def test_user_error_in_a_batch_job_is_one_line_and_not_requeued(slurm, tmp_path, tiny_base):
+    """global_batch_size 3 on 2 tasks: both tasks refuse, rank 0 prints one error: line (srun then
+    kills the other task, so srun exits 143: the recorded status 2 decides), the job fails, no requeue."""
+    data = tmp_path / "train.jsonl"
+    write_examples(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    jid = sbatch("launch/stage1.sh", overrides(data, 4, tiny_base, ["train.data.global_batch_size=3"]), out)
+    assert wait_job(jid, timeout=300) == "FAILED", job_log(out, jid)[-3000:]
+    log = job_log(out, jid)
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "global_batch_size=3 is not divisible by the data-parallel size 2" in errors[0], log[-3000:]
+    assert "Traceback" not in log and "not requeued" in log, log[-3000:]
+    assert job_state(jid)[1] == 0 and not (out / "stage1" / "faults" / "restarts.log").exists()

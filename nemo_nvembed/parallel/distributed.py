@@ -256,7 +256,23 @@ def is_launched() -> bool:
     return read_env().launcher != "none"
 
 
-def report_once(message: str) -> None:
-    """Print one line to stderr on global rank 0 only: a user error every rank found alike."""
+def report_once(message: str, status: int) -> None:
+    """Print one line to stderr on global rank 0 only (a user error every rank found alike) and record
+    the exit status for the launch script (:func:`record_exit_status`)."""
+    record_exit_status(status, message)
     if read_env().rank == 0:
         print(message, file=sys.stderr, flush=True)
+
+
+def record_exit_status(status: int, why: str) -> None:
+    """Leave this process's exit status and reason where the launch script reads it
+    (``NVEMBED_EXIT_STATUS_FILE``, set by slurm/common.sh): srun's own exit status is the highest of its
+    tasks', so a task it killed after another exited 2 turns a user error into 143."""
+    path = os.environ.get("NVEMBED_EXIT_STATUS_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "a") as f:
+            f.write(f"{status} rank {read_env().rank}: {why}\n")
+    except OSError:
+        pass  # the launch script falls back on srun's status

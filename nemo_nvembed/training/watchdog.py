@@ -81,6 +81,9 @@ class StepWatchdog(Callback):
         except OSError as e:  # the stuck filesystem may be the run folder's
             where = f"could not write {self.dump_path} ({e.strerror})"
         self.fired = self.dump_path
+        from nemo_nvembed.parallel.distributed import record_exit_status
+
+        record_exit_status(HANG_EXIT, f"no progress for {idle:.0f} s at step {self.step} ({self.phase})")
         print(f"error: rank {self.rank} made no progress for {idle:.0f} s at step {self.step} ({self.phase}); "
               f"{where}; exit {HANG_EXIT} (the Slurm launch requeues and resumes from the newest checkpoint)",
               file=sys.stderr, flush=True)
