@@ -46,6 +46,9 @@ def _install() -> str | None:
     return None
 
 
+# A requeued job waits cred_expire (default 120 s) before it may start again, and the scheduler looks
+# every sched_interval / bf_interval (60 / 30 s): short here so that the requeue tests take seconds,
+# not minutes, of waiting. A cluster's own values add to the fault -> resumed times measured here.
 def _config(host: str, cpus: int, two_nodes: bool) -> str:
     ctl = f"{host}({CTL_ADDR})" if two_nodes else host
     extra = "".join(f"NodeName={n} NodeAddr={a} NodeHostname={n} CPUs=1 RealMemory=4000 State=UNKNOWN\n"
@@ -57,11 +60,13 @@ SlurmctldHost={ctl}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 JobRequeue=1
