@@ -118,3 +118,18 @@ def counters_mode():
     from nemo_nvembed.benchmark.counters import StepCounter
 
     return StepCounter()
+
+
+def test_adamw_host_side_step_counters_are_not_syncs():
+    """AdamW keeps its step counters on the host on a GPU too: their ``.item()`` is no device sync."""
+    from nemo_nvembed.benchmark.counters import StepCounter, optimizer_host_tensors
+
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = torch.optim.AdamW([p])
+    p.grad = torch.ones(4)
+    opt.step()
+    with StepCounter() as plain:
+        opt.step()
+    with StepCounter(optimizer_host_tensors(opt)) as aware:
+        opt.step()
+    assert plain.host_syncs >= 1 and aware.host_syncs == 0

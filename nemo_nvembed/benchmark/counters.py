@@ -24,9 +24,11 @@ cannot pass 50% MFU. Definitions (per step, the benchmark's JSON keys):
 - ``host_syncs``: reads of a tensor's value by the host during the step: ``.item()``/``int()``/
   ``bool()`` (``aten._local_scalar_dense``), operators whose output shape depends on values
   (``nonzero``, ``masked_select``, ``unique``...), ``aten.equal``, and device-to-host copies. On a
-  GPU each is a device->host synchronisation when the tensor lives on the device (on CPU every
-  such read is counted: it is one once the batch lives on the device). ``.tolist()`` of a CPU
-  tensor does not reach the dispatcher; on a GPU that of a device tensor is counted as its copy.
+  GPU each is a device->host synchronisation when the tensor lives on the device. On CPU every such
+  read is counted, the batch's included (training moves the batch to the GPU, so there they are
+  syncs), except reads of tensors a GPU run keeps on the host by design (``host_tensors``: AdamW's
+  step counters). ``.tolist()`` of a CPU tensor does not reach the dispatcher; on a GPU that of a
+  device tensor is counted as its copy to the host.
 - ``nonmatmul_bytes_per_token``: bytes written by every operator other than matmuls and attention
   kernels (elementwise, norms, softmax, copies, casts, the optimizer), per real token: the memory
   traffic that fused kernels would remove; views write nothing and are not counted.
@@ -97,15 +99,18 @@ def model_flops(model_cfg, lengths: list[int]) -> float:
 class StepCounter(TorchDispatchMode):
     """Counts aten calls, host syncs and bytes written by non-matmul operators (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, host_tensors=()):
         super().__init__()
         self.aten_calls = self.host_syncs = self.nonmatmul_bytes = 0
+        self.host = {t.data_ptr() for t in host_tensors}  # reads of these are not syncs
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.aten_calls += 1
-        if func in _SYNCING or (func in (aten._to_copy.default, aten.copy_.default) and _device_to_host(func, args, kwargs)):
+        if func in _SYNCING and not (args and isinstance(args[0], torch.Tensor) and args[0].data_ptr() in self.host):
+            self.host_syncs += 1
+        elif func in (aten._to_copy.default, aten.copy_.default) and _device_to_host(func, args, kwargs):
             self.host_syncs += 1
         if not func.is_view and func not in _NO_WRITE and not _is_matmul(func):
             self.nonmatmul_bytes += _bytes(out)
@@ -126,11 +131,17 @@ def _bytes(out) -> int:
     return 0
 
 
-def count_step(step, device: str) -> dict:
+def optimizer_host_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The step counters of ``opt``'s state: on the host in a GPU run too (not ``capturable``), so
+    AdamW's ``step.item()`` per parameter is no device sync."""
+    return [s["step"] for s in opt.state.values() if isinstance(s.get("step"), torch.Tensor) and s["step"].device.type == "cpu"]
+
+
+def count_step(step, device: str, host_tensors=()) -> dict:
     """Run ``step`` once under the counters; -> executed_flops, aten_calls, host_syncs, nonmatmul_bytes
     (and on CUDA ``host_syncs_cuda``: the synchronisations torch's sync debug mode reports)."""
     flops = FlopCounterMode(display=False)
-    counter = StepCounter()
+    counter = StepCounter(host_tensors)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if device == "cuda":

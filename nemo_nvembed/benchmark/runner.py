@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from nemo_nvembed.benchmark.counters import count_step, model_flops, step_peak_memory
+from nemo_nvembed.benchmark.counters import count_step, model_flops, optimizer_host_tensors, step_peak_memory
 from nemo_nvembed.parallel import cpu_compat
 from nemo_nvembed.paths import CONF, REPO
 
@@ -199,7 +199,7 @@ def worker(spec: dict) -> dict:
     step_s = sum(times) / len(times)
     peak_mem = (torch.cuda.max_memory_allocated() / 2**30 if device == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # of the timed steps
-    counts = count_step(step, device)  # one extra step under the counters
+    counts = count_step(step, device, optimizer_host_tensors(opt))  # one extra step under the counters
     step_peak = step_peak_memory(step, device) if spec["step_memory"] else None
     lengths = [*batch.queries.attention_mask.sum(1).tolist(), *batch.docs.attention_mask.sum(1).tolist()]
     assert sum(lengths) == real, (sum(lengths), real)
