@@ -170,6 +170,14 @@ def test_compiled_kernel_equals_the_eager_path():
         keep = ref_keep(keys, s, f, p, salt, offset)
         assert torch.equal(y != 0, keep) and torch.equal(gx != 0, keep), (s, b, f, p)
         torch.testing.assert_close(y, ref_dropout(x.detach(), keys, p, salt, offset), rtol=1e-6, atol=0)
+    # one operator per direction, also under a TorchDispatchMode (where torch.compile itself cannot run)
+    from nemo_nvembed.benchmark.counters import StepCounter
+
+    with StepCounter() as counted:
+        y = kd._KeyedDropout.apply(x, ks.on(x.device), kd._ids(salt, offset, x.device), kd._threshold(p), p, True)
+        (gx,) = torch.autograd.grad(y, x, torch.ones_like(x))
+    assert torch.equal(gx != 0, keep)
+    assert counted.aten_calls == 3, counted.aten_calls  # forward, ones_like, backward
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
