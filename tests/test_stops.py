@@ -150,3 +150,31 @@ def test_a_stopped_rank_ends_the_run_with_the_watchdog_status_and_a_dump(tmp_pat
     assert "--- thread MainThread" in dump, dump[:2000]
     assert "all_reduce" in dump or "all_gather" in dump or "barrier" in dump or "broadcast" in dump, dump[-3000:]
     print(f"\n[watchdog] stop -> exit {HANG_EXIT}: {took:.0f} s (train.watchdog_s={WATCHDOG_S})")
+
+
+def test_watchdog_fires_only_without_progress_and_dumps_every_thread(tmp_path):
+    """In-process, the exit replaced: feeding (a step, a save, a validation) keeps it quiet; silence for
+    longer than watchdog_s writes step, phase and every thread's stack, then calls exit(75)."""
+    import threading
+
+    from nemo_nvembed.training.watchdog import HANG_EXIT, StepWatchdog
+
+    exits = []
+    dog = StepWatchdog(tmp_path, timeout_s=1.0, rank=3, exit=exits.append)
+    dog.start()
+    for i in range(6):  # 1.8 s of regular progress: no dump
+        time.sleep(0.3)
+        dog.feed(f"checkpoint save at step {i}", i)
+    assert not exits and not dog.dump_path.exists()
+    stuck = threading.Event()
+    helper = threading.Thread(target=stuck.wait, name="stuck-writer", daemon=True)
+    helper.start()
+    dog.phase = "optimizer step 6"
+    deadline = time.time() + 10
+    while not exits and time.time() < deadline:
+        time.sleep(0.1)
+    stuck.set()
+    assert exits == [HANG_EXIT]
+    dump = (tmp_path / "hang_rank3.txt").read_text()
+    assert "step 5, phase: optimizer step 6" in dump and "--- thread stuck-writer" in dump and "--- thread MainThread" in dump
+    assert "stuck.wait" in dump or "in wait" in dump, dump
