@@ -31,13 +31,14 @@ def run(cfg):
 
 
 def one_line_stops(task):
-    """A UserError -> ``error: <message>`` on rank 0, exit 2 on every rank; a StageStopped -> the same, exit 3."""
+    """A UserError -> ``error: <message>`` on rank 0, exit 2 on every rank; a StageStopped -> the same,
+    exit 3 (1 for an I/O error that may pass)."""
 
     @functools.wraps(task)
     def wrapped(cfg):
         from nemo_nvembed.checks.errors import UserError
         from nemo_nvembed.parallel import distributed
-        from nemo_nvembed.training.stage import STOP_EXIT, StageStopped
+        from nemo_nvembed.training.stage import StageStopped
 
         try:
             return task(cfg)
@@ -45,8 +46,8 @@ def one_line_stops(task):
             distributed.report_once(f"error: {e}", 2)
             raise SystemExit(2) from None
         except StageStopped as e:
-            distributed.report_once(f"error: {e}", STOP_EXIT)
-            raise SystemExit(STOP_EXIT) from None
+            distributed.report_once(f"error: {e}", e.status)
+            raise SystemExit(e.status) from None
 
     return wrapped
 

@@ -27,7 +27,13 @@ STOP_EXIT = 3  # a runtime stop (StageStopped): a restart would stop the same wa
 
 
 class StageStopped(RuntimeError):
-    """Training stopped for a reason a restart would not fix; the message names the step and the next action."""
+    """Training stopped; the message names the step and the next action. ``status`` is the exit status:
+    STOP_EXIT when a restart would stop the same way (non-finite loss, too many skipped steps, the .nemo
+    not written), 1 for another I/O error (it may pass: the Slurm launch may requeue it)."""
+
+    def __init__(self, message: str, status: int = STOP_EXIT):
+        super().__init__(message)
+        self.status = status
 
 
 class NemoWriteFailed(RuntimeError):
@@ -249,4 +255,5 @@ def _stopped(e: BaseException, run_dir: Path, rank: int) -> StageStopped:
     except OSError as why:
         where = f"traceback not written ({log}: {why.strerror})"
     message = str(e) if isinstance(e, (FloatingPointError, NemoWriteFailed)) else f"{type(e).__name__}: {e}"
-    return StageStopped(f"{message} [{where}]")
+    deterministic = isinstance(e, (FloatingPointError, NemoWriteFailed))
+    return StageStopped(f"{message} [{where}]", STOP_EXIT if deterministic else 1)
