@@ -153,20 +153,21 @@ def test_dockerfile_matches_pyproject():
         assert f"COPY {src}" in text
 
 
-def test_hung_rank_on_two_nodes_requeues_and_resumes_bit_equal(slurm_two_nodes, tmp_path, tiny_base):
+def test_hung_rank_then_failed_task_on_two_nodes_requeue_and_resume_bit_equal(slurm_two_nodes, tmp_path, tiny_base):
     """SIGSTOP rank 1 (on nvnode2) mid-run: rank 0's watchdog ends the step with exit 75 within
     train.watchdog_s + slack, slurm/common.sh requeues the job (restarts.log and the job log say why),
     the restart resumes from the newest verified checkpoint and the final weights and sample order
-    equal an uninterrupted one-node run's, bit for bit. The same path serves a lost node (srun's
-    non-zero exit without a recorded status): only the reason line differs."""
+    equal an uninterrupted one-node run's, bit for bit. Once the restart trains, rank 1's worker is
+    SIGKILLed (a failed task; a lost node ends srun the same way): srun exits non-zero with no status
+    recorded, the job is requeued a second time ("a task failed or a node was lost") and still ends
+    bit-equal."""
     from test_stops import rank_pid
 
     watchdog_s, slack_s = 20, 40  # slurmstepd SIGKILLs the stopped task KillWait (10 s) after the SIGTERM
     data = tmp_path / "train.jsonl"
     write_examples(data, n=64)
     steps = 20
-    extra = ["train.data.global_batch_size=16", "train.data.doc_max_length=64", f"train.watchdog_s={watchdog_s}",
-             "parallel.collective_timeout_s=300"]
+    extra = [f"train.watchdog_s={watchdog_s}", "parallel.collective_timeout_s=300"]
     one, two = tmp_path / "one_node", tmp_path / "two_nodes"
     one.mkdir()
     two.mkdir()
@@ -193,18 +194,30 @@ def test_hung_rank_on_two_nodes_requeues_and_resumes_bit_equal(slurm_two_nodes, 
     resumed = seconds_until(lambda: len(trace.read_text().splitlines()) > traced)
     assert requeued is not None and requeued < watchdog_s + slack_s, (requeued, job_log(two, jid2)[-4000:])
     assert resumed is not None, job_log(two, jid2)[-4000:]
+
+    # A failed task in the restarted job: SIGKILL rank 1's (new) worker.
+    os.kill(rank_pid(two, 1), signal.SIGKILL)
+    stopped = time.time()
+    requeued2 = seconds_until(lambda: len(restarts_log.read_text().splitlines()) >= 2, 300)
+    restarted2 = seconds_until(lambda: "(restart 2)" in job_log(two, jid2), 300)
+    traced = len(trace.read_text().splitlines())
+    resumed2 = seconds_until(lambda: len(trace.read_text().splitlines()) > traced, 300)
+    assert requeued2 is not None and resumed2 is not None, job_log(two, jid2)[-4000:]
     assert wait_job(jid1, timeout=600) == "COMPLETED", job_log(one, jid1)[-3000:]
     assert wait_job(jid2, timeout=600) == "COMPLETED", job_log(two, jid2)[-4000:]
     _, restarts = job_state(jid2)
     log = job_log(two, jid2)
-    assert restarts == 1 and "made no progress for train.watchdog_s (exit 75" in log, log[-4000:]
-    assert "restart 1 of 3: requeueing job" in log, log[-4000:]
+    assert restarts == 2 and "made no progress for train.watchdog_s (exit 75" in log, log[-4000:]
+    assert "restart 1 of 3: requeueing job" in log and "restart 2 of 3: requeueing job" in log, log[-4000:]
+    assert "a task failed or a node was lost (srun exit" in log, log[-4000:]
     assert f"job {jid2} status" in restarts_log.read_text()
     assert list((two / "stage1").glob("run_*/hang_rank0.txt")), "the rank that waited left its stacks"
+    assert len(restarts_log.read_text().splitlines()) == 2
     assert_same_nemo_weights(one / "stage1" / "stage1.nemo", two / "stage1" / "stage1.nemo")
     assert last_trace(one / "stage1") == last_trace(two / "stage1")
     print(f"\n[hung rank] SIGSTOP -> requeued {requeued:.0f} s, -> restarted by Slurm {restarted:.0f} s, "
-          f"-> first resumed step {resumed:.0f} s (train.watchdog_s={watchdog_s})")
+          f"-> first resumed step {resumed:.0f} s (train.watchdog_s={watchdog_s}); SIGKILL of a task -> requeued "
+          f"{requeued2:.0f} s, -> restarted {restarted2:.0f} s, -> first resumed step {resumed2:.0f} s")
 
 
 def test_user_error_in_a_batch_job_is_one_line_and_not_requeued(slurm, tmp_path, tiny_base):
