@@ -86,6 +86,7 @@ class TrainSection:
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     nonfinite_loss: str = MISSING  # error | skip
     max_skipped_fraction: float = MISSING
+    frozen_weights_bf16: bool = MISSING  # with trainer.precision bf16-*: the frozen backbone held in bf16
     watchdog_s: float = MISSING  # no progress (step, save, validation) for this long: dump stacks, exit 75; 0: off
 
 

@@ -193,7 +193,7 @@ def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path) -> Path 
         saved.recompute = mcfg.recompute
         saved.sequence_parallel = mcfg.sequence_parallel
     network = NVEmbedNetwork.load(cfg.init_from, tp=None, cfg=saved)
-    if str(cfg.trainer.precision).startswith("bf16"):  # bf16 autocast: frozen weights held in bf16 (no per-call casts)
+    if tcfg.frozen_weights_bf16 and str(cfg.trainer.precision).startswith("bf16"):  # no per-call casts of frozen weights
         import torch  # the command validates before anything heavy is imported
 
         network.cast_frozen_(torch.bfloat16)
