@@ -159,6 +159,8 @@ def worker(spec: dict) -> dict:
         from nemo_nvembed.training.objective import ContrastiveObjective
 
         model = NVEmbedNetwork(cfg).to(device).train()
+        if spec["precision"] == "bf16":  # as a stage does under bf16-mixed (training/stage.py)
+            model.cast_frozen_(torch.bfloat16)
         objective = ContrastiveObjective(tcfg, spec["queries"], seed=0)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-5)
