@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk-cost-tokens", type=int, default=None, help="ours: price of one more chunk, in padded tokens")
     p.add_argument("--max-chunk-tokens", type=int, default=None, help="ours: padded-token cap per chunk (0: none)")
     p.add_argument("--grad-cache", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
+                   help="ours: sequences packed end to end in chunks of --pack-tokens real tokens (default: the stage's)")
+    p.add_argument("--pack-tokens", type=int, default=None, help="ours, packed: real tokens per chunk at most")
     p.add_argument("--recompute", choices=["none", "full", "selective"], default=None,
                    help="ours: megatron's activation recompute (default: the stage's model.recompute.granularity)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")

@@ -57,7 +57,8 @@ def bench_config(args) -> dict:
              "data.query_max_length": args.query_max_length, "data.doc_max_length": args.doc_max_length,
              "chunking.chunk_size": args.chunk_size, "chunking.length_aware": args.length_aware,
              "chunking.chunk_cost_tokens": args.chunk_cost_tokens, "chunking.max_chunk_tokens": args.max_chunk_tokens,
-             "chunking.grad_cache": args.grad_cache}
+             "chunking.grad_cache": args.grad_cache, "chunking.packed": args.packed,
+             "chunking.pack_tokens": args.pack_tokens}
     train = stage_train_config(args.stage, [f"train.{k}={v}" for k, v in flags.items() if v is not None])
     recompute = OmegaConf.to_container(_stage_model_recompute(args.stage))
     if args.recompute is not None:

@@ -65,10 +65,19 @@ class _Keys:
         self._values: list[int] | None = None
         self._on: dict[torch.device, torch.Tensor] = {}
         self._packed_rows: dict[tuple, torch.Tensor] = {}
+        self._pos_h: torch.Tensor | None = None
 
     @property
     def packed(self) -> bool:
         return self.segments is not None
+
+    def position_hash(self) -> torch.Tensor:
+        """[t] int32 mix32(position + _POS) of every packed token, on the host: once per forward, shared by
+        every adapter (each adds only its own sequence hash)."""
+        if self._pos_h is None:
+            table = _pos_hash(int(self.positions.max()) + 1, torch.device("cpu")).view(-1)
+            self._pos_h = table[self.positions]
+        return self._pos_h
 
     def values(self) -> list[int]:
         """As Python ints (CPU path; the chunking passes CPU keys, so no device sync)."""
@@ -205,8 +214,7 @@ def _row_hash(keys: _Keys, salt: int, s: int, device: torch.device) -> torch.Ten
     if keys.packed:  # [t, 1, 1]: each token's own (sequence, position)
         cache = (salt, device)
         if cache not in keys._packed_rows:
-            pos = _pos_hash(int(keys.positions.max()) + 1, torch.device("cpu")).view(-1)[keys.positions]  # [t]
-            h = torch.bitwise_xor(pos, torch.tensor(seq, dtype=torch.int32)[keys.segments]).view(-1, 1, 1)
+            h = torch.bitwise_xor(keys.position_hash(), torch.tensor(seq, dtype=torch.int32)[keys.segments]).view(-1, 1, 1)
             _xorshift_(h)
             keys._packed_rows[cache] = _mix_inner_(h).to(device)
         return keys._packed_rows[cache]

@@ -132,8 +132,11 @@ class NVEmbedNetwork(torch.nn.Module):
         if self.backbone.config.sequence_parallel or self.backbone.uses_te:
             raise NotImplementedError("packed sequences run megatron's local spec without sequence parallelism")
         t = pack.input_ids.shape[0]
-        position_ids = pack.positions.to(pack.input_ids.device).view(1, t)  # RoPE restarts per sequence (cu_seqlens)
-        hidden = self.backbone(pack.input_ids.view(1, t), position_ids, None, packed_seq_params=pack.thd_params())
+        if pack.positions_device is None:
+            pack = pack.to(pack.input_ids.device)
+        with pack.per_token_rope(self.backbone.rotary_pos_emb):  # RoPE positions restart at every sequence
+            hidden = self.backbone(pack.input_ids.view(1, t), pack.positions_device.view(1, t), None,
+                                   packed_seq_params=pack.thd_params())
         hidden = _ContiguousGrad.apply(hidden)[:, 0]  # [t, 1, d] -> [t, d]
         return self.pooler.forward_packed(hidden, pack)
 

@@ -27,6 +27,7 @@ class Pack:
     pool_index: torch.Tensor  # [p] int64: the pooled tokens
     pool_segment: torch.Tensor  # [p] int64: their sequences
     pool_count: torch.Tensor  # [n] float: pooled tokens per sequence
+    positions_device: torch.Tensor | None = None  # positions on the device (RoPE); set by to()
 
     @property
     def num_sequences(self) -> int:
@@ -55,16 +56,25 @@ class Pack:
         move = {f: getattr(self, f).to(device, non_blocking=True)
                 for f in ("input_ids", "pool_mask", "cu_seqlens", "pool_index", "pool_segment", "pool_count")}
         return Pack(move["input_ids"], move["pool_mask"], self.bounds, move["cu_seqlens"], self.segments,
-                    self.positions, move["pool_index"], move["pool_segment"], move["pool_count"])
+                    self.positions, move["pool_index"], move["pool_segment"], move["pool_count"],
+                    self.positions.to(device, non_blocking=True))
 
     def thd_params(self):
-        """megatron's packed-sequence parameters (with ``bounds``, the host copy our CPU kernel reads)."""
+        """megatron's packed-sequence parameters: the THD layout, without ``cu_seqlens``. Given them,
+        megatron's unfused RoPE splits every layer's q and k per sequence (``cu_seqlens.tolist()``: a
+        device sync and a kernel per sequence, per layer); instead the network gives RoPE one angle per
+        token (its position in its sequence, :func:`per_token_rope`), applied to the whole pack at
+        once. Our attention kernel reads the boundaries from ``bounds`` (host) and ``cu_seqlens_device``."""
         from megatron.core.packed_seq_params import PackedSeqParams
 
-        params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
-                                 max_seqlen_q=self.max_length, max_seqlen_kv=self.max_length)
-        params.bounds = self.bounds
+        params = PackedSeqParams(qkv_format="thd", max_seqlen_q=self.max_length, max_seqlen_kv=self.max_length)
+        params.bounds, params.cu_seqlens_device = self.bounds, self.cu_seqlens
         return params
+
+    def per_token_rope(self, rope: torch.nn.Module):
+        """Within the block, megatron's rotary embedding returns [t, 1, dim]: the angles of each packed
+        token's position in its own sequence (positions restart at every sequence)."""
+        return _PerTokenRope(rope, self.positions_device)
 
     def segment_mean(self, token_out: torch.Tensor) -> torch.Tensor:
         """[p, d] outputs of the pooled tokens -> [n, d] their mean per sequence."""
@@ -80,3 +90,26 @@ class Pack:
         attn = torch.zeros(n * s, dtype=torch.long, device=token_out.device).index_fill_(0, flat, 1).view(n, s)
         pool = torch.zeros(n * s, dtype=self.pool_mask.dtype, device=token_out.device).index_copy(0, flat, self.pool_mask).view(n, s)
         return hidden, attn, pool
+
+
+class _PerTokenRope:
+    """Context manager: ``rope``'s forward returns the angles gathered at each packed token's position."""
+
+    def __init__(self, rope: torch.nn.Module, positions: torch.Tensor):
+        self.rope, self.positions = rope, positions
+
+    def __enter__(self):
+        original = self.rope.forward
+        positions = self.positions
+
+        def forward(max_seq_len, offset=0, packed_seq=False, cp_group=None):
+            emb = original(max_seq_len, offset, packed_seq=False, cp_group=cp_group)  # [s, 1, 1, dim]
+            return emb[positions].flatten(1, 2)  # [t, 1, dim]: broadcasts over the THD [t, heads, dim]
+
+        self.rope.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        del self.rope.forward  # the class's forward again
+        return False
+

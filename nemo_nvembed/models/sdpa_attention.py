@@ -54,7 +54,8 @@ class SDPACoreAttention(MegatronModule):
         """Each sequence of the pack attends within itself (causal when ``self.causal``)."""
         causal = self.causal
         if query.is_cuda and varlen_attn is not None:
-            return varlen_attn(query, key, value, params.cu_seqlens_q, params.cu_seqlens_kv, params.max_seqlen_q,
+            cu = params.cu_seqlens_device  # models/packing.Pack.thd_params
+            return varlen_attn(query, key, value, cu, cu, params.max_seqlen_q,
                                params.max_seqlen_kv, scale=self.softmax_scale,
                                window_size=(-1, 0) if causal else (-1, -1),
                                enable_gqa=key.shape[1] != query.shape[1])  # [t, np, hn]
