@@ -9,7 +9,7 @@ from dist_utils import run_distributed
 def _worker(rank, world):
     import torch.distributed as dist
 
-    from nemo_nvembed.training.strategy import sum_gradients
+    from nemo_nvembed.parallel.grad_sum import sum_gradients
 
     g = torch.Generator().manual_seed(rank)
     shapes = [(3, 5), (7,), (40, 3), (2, 2, 2), (11,)]  # 120 elements: alone in a bucket of 64

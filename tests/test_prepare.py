@@ -107,7 +107,7 @@ def test_prepare_fixtures_then_stage1_and_stage2_train(tmp_path, sources, tokeni
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "nemo_nvembed.train",
                "--config-name", stage, "model=tiny", f"run_root={run_root}", *extra,
                f"train.data.path={data}", f"train.data.tasks={TASKS}", "train.data.global_batch_size=4",
-               "train.data.query_max_length=32", "train.data.doc_max_length=32", "train.optim.warmup_steps=1",
+               "train.data.query_max_length=48", "train.data.doc_max_length=32",  # the longest instruction prefix is 35 tokens "train.optim.warmup_steps=1",
                "trainer.precision=32-true", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
                "exp_manager.checkpoint_callback_params.every_n_train_steps=2"]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

@@ -39,7 +39,7 @@ def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=
     from nemo_nvembed.data.jsonl import load_examples
     from nemo_nvembed.data.sampler import GlobalBatchSampler
     from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.training.strategy import sum_gradients
+    from nemo_nvembed.parallel.grad_sum import sum_gradients
     from nemo_nvembed.training.config import stage_train_config
     from nemo_nvembed.training.batches import BatchStream
     from nemo_nvembed.training.objective import ContrastiveObjective
