@@ -31,6 +31,17 @@ def did_you_mean(name: str, candidates) -> str:
     return f" Did you mean: {', '.join(repr(h) for h in hits)}?" if hits else ""
 
 
+def load_yaml(path, what: str, error: type[UserError] = UserError):
+    """A YAML file as a DictConfig; a missing file or a syntax error raises ``error`` naming ``path``
+    (YAML errors carry their own line and column)."""
+    try:
+        return OmegaConf.load(path)
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure is the file's
+        raise error(f"{path}: cannot parse YAML: {e}") from None
+
+
 def merge_onto_schema(schema, raw, where: str, error: type[UserError] = UserError, key_prefix: str = "",
                       require_complete: bool = True, valid_keys: Callable[[str], Iterable[str]] | None = None,
                       key_sep: str = ": ") -> DictConfig:

@@ -15,10 +15,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Union
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 from nemo_nvembed.checks.errors import UserError
-from nemo_nvembed.checks.schema import close_matches, did_you_mean, merge_onto_schema
+from nemo_nvembed.checks.schema import close_matches, did_you_mean, load_yaml, merge_onto_schema
 
 
 class TaskKind(str, Enum):
@@ -78,13 +78,7 @@ class TaskRegistry:
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "TaskRegistry":
         path = Path(path)
-        try:
-            raw = OmegaConf.load(path)
-        except FileNotFoundError:
-            raise TaskConfigError(f"{path}: task registry file not found") from None
-        except Exception as e:  # YAML syntax errors carry their own line/column
-            raise TaskConfigError(f"{path}: cannot parse YAML: {e}") from e
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(load_yaml(path, "task registry file", TaskConfigError), source=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "TaskRegistry":

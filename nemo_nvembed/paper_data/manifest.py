@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 from nemo_nvembed.checks.errors import UserError
-from nemo_nvembed.checks.schema import merge_onto_schema
+from nemo_nvembed.checks.schema import load_yaml, merge_onto_schema
 from nemo_nvembed.data.tasks import TaskRegistry
 
 FIELDS = {"retrieval": ("query", "pos"), "classification": ("text", "label"),
@@ -85,12 +85,7 @@ class Manifest:
 def load_manifest(path: str | Path, registry: TaskRegistry):
     """Validated manifest (a DictConfig shaped like `Manifest`)."""
     path = Path(path)
-    try:
-        raw = OmegaConf.load(path)
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: manifest not found") from None
-    except Exception as e:  # YAML syntax errors carry their own line/column
-        raise ManifestError(f"{path}: cannot parse YAML: {e}") from None
+    raw = load_yaml(path, "manifest", ManifestError)
     m = merge_onto_schema(Manifest, raw, str(path), ManifestError)
     if m.num_negatives < 1 or m.mining.top_k < 1 or not 0 < m.mining.perc_pos <= 1 or m.mining.pool_rows < 1:
         raise ManifestError(f"{path}: need num_negatives >= 1, mining.top_k >= 1, 0 < mining.perc_pos <= 1, "
