@@ -1,13 +1,19 @@
 """Offline fixtures for the recipe manifest: a few rows per source, in each source's own schema.
 
-`write_sources(DIR)` writes DIR/<hf_id>[/<config>]/<split>.jsonl exactly where
-`nemo_nvembed.paper_data.sources.load_table(..., source_dir=DIR)` looks, with the column names and
-types of the public datasets (MTEB's BEIR layout, MTEB classification sets with text/label/
-label_text, raw arXiv metadata with a space-separated `categories`, SQuAD's nested `answers`...).
-Texts are drawn from a small vocabulary so that BM25 finds neighbours (hard negatives).
+`write_sources(DIR)` writes DIR/<hf_id>[/<config>]/<split>.<ext> (and raw files at their repository
+path) exactly where `nemo_nvembed.paper_data.sources.load_table(..., source_dir=DIR)` looks, with the
+config names, split names, file formats, column names and types that conf/data/nvembed_v1.yaml's
+`checked` notes record: MTEB's BEIR layout; sentence-transformers' `pair` configs and
+stackexchange-duplicates' `post-post-pair`; SQuAD's `plain_text` with nested `answers`; STS22's raw
+en/train.jsonl with 1-4 scores; amazon_counterfactual's en/*.parquet (label int32);
+AmazonReviewsClassification / MTOPIntentClassification with integer labels and no label text; the
+raw arXiv/bioRxiv/medRxiv pools as train_0.jsonl.gz, and MTEB's clustering test sets drawn from them
+(arXiv rows hold lists of texts). Texts are drawn from a small vocabulary so that BM25 finds
+neighbours (hard negatives).
 """
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from pathlib import Path
@@ -27,10 +33,25 @@ def _sentence(rng: random.Random, topic: int, n: int = 8) -> str:
     return " ".join(words) + f" {rng.randrange(10**6)}"
 
 
-def _write(root: Path, hf_id: str, config: str | None, split: str, rows: list[dict]) -> None:
-    folder = root / hf_id / (config or "")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+def _write(root: Path, hf_id: str, config: str | None, split: str, rows: list[dict], name: str | None = None) -> None:
+    """rows as JSON lines at DIR/<hf_id>[/<config>]/<name or split.jsonl> (.gz names are gzipped)."""
+    path = root / hf_id / (config or "") / (name or f"{split}.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+
+
+def _parquet(root: Path, path: str, rows: list[dict], types: dict) -> None:
+    """rows as one parquet file at DIR/<path>, with the column types of the Hub copy."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = root / path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({c: pa.array([r[c] for r in rows], type=t) for c, t in types.items()}), out)
 
 
 def _beir(root, hf_id, rng, n_docs=24, n_queries=10):
@@ -72,29 +93,34 @@ def write_sources(root: str | Path, seed: int = 0) -> Path:
     root, rng = Path(root), random.Random(seed)
     for hf_id in ("mteb/msmarco", "mteb/hotpotqa", "mteb/fever", "mteb/fiqa"):
         _beir(root, hf_id, rng)
-    _write(root, "sentence-transformers/natural-questions", None, "train",
+    _write(root, "sentence-transformers/natural-questions", "pair", "train",
            [{"query": q, "answer": p} for q, p in _pairs(rng)])
-    _write(root, "rajpurkar/squad", None, "train",
+    _write(root, "rajpurkar/squad", "plain_text", "train",
            [{"id": f"s{i}", "title": "T", "context": p, "question": q,
              "answers": {"text": [p.split()[0]], "answer_start": [0]}} for i, (q, p) in enumerate(_pairs(rng))])
-    _write(root, "sentence-transformers/stackexchange-duplicates", "post-post", "train",
+    _write(root, "sentence-transformers/stackexchange-duplicates", "post-post-pair", "train",
            [{"post1": q + " " + p.split()[-2], "post2": p} for q, p in _pairs(rng)])
     _write(root, "sentence-transformers/all-nli", "pair", "train",
            [{"anchor": q, "positive": p} for q, p in _pairs(rng)])
-    _write(root, "sentence-transformers/paq", None, "train", [{"query": q, "answer": p} for q, p in _pairs(rng)])
+    _write(root, "sentence-transformers/paq", "pair", "train", [{"query": q, "answer": p} for q, p in _pairs(rng)])
 
-    _write(root, "mteb/sts12-sts", None, "train", _sts(rng))
+    _write(root, "mteb/sts12-sts", None, "train", _sts(rng), name="train.jsonl.gz")
+    # raw file en/train.jsonl; score = 5 - SemEval's Overall: 1-4, 4 = most similar (3.6 -> 4.33 of 5 kept)
     _write(root, "mteb/sts22-crosslingual-sts", "en", "train",
-           [{"id": f"x{i}", "lang": "en", **r} for i, r in enumerate(_sts(rng))])
+           [{"id": f"{i}_{i + 100}", "score": 3.6 if r["score"] > 4 else 3.2, "sentence1": r["sentence1"],
+             "sentence2": r["sentence2"]} for i, r in enumerate(_sts(rng))])
     _write(root, "mteb/stsbenchmark-sts", None, "train",
            [{"split": "train", "genre": "main-news", "dataset": "MSRvid", "year": "2012", "sid": i, **r}
             for i, r in enumerate(_sts(rng))])
 
+    import pyarrow as pa
+
+    cf_types = {"text": pa.string(), "label": pa.int32(), "label_text": pa.string()}
     cf = _labelled(rng, ["not-counterfactual", "counterfactual"])
-    _write(root, "mteb/amazon_counterfactual", "en", "train", cf)
-    _write(root, "mteb/amazon_counterfactual", "en", "test",  # one exact copy of a training text
-           [{"text": cf[0]["text"], "label": 0, "label_text": "not-counterfactual"},
-            {"text": "completely unrelated words here", "label": 1, "label_text": "counterfactual"}])
+    _parquet(root, "mteb/amazon_counterfactual/en/train-00000-of-00001.parquet", cf, cf_types)
+    _parquet(root, "mteb/amazon_counterfactual/en/test-00000-of-00001.parquet",  # one exact copy of a training text
+             [{"text": cf[0]["text"], "label": 0, "label_text": "not-counterfactual"},
+              {"text": "completely unrelated words here", "label": 1, "label_text": "counterfactual"}], cf_types)
     _write(root, "mteb/amazon_polarity", None, "train",
            [{"label": r["label"], "title": "t", "text": r["text"], "label_text": r["label_text"]}
             for r in _labelled(rng, ["negative", "positive"])])
@@ -105,25 +131,31 @@ def write_sources(root: str | Path, seed: int = 0) -> Path:
     emo = _labelled(rng, ["sadness", "joy", "love", "anger", "fear", "surprise"], 3)
     _write(root, "mteb/emotion", None, "train", emo)
     _write(root, "mteb/emotion", None, "test", [dict(emo[4])])
-    _write(root, "mteb/amazon_reviews_multi", "en", "train",
-           [{"id": f"en_{i}", "text": r["text"], "label": r["label"], "label_text": str(r["label"])}
-            for i, r in enumerate(_labelled(rng, ["0", "1", "2", "3", "4"], 3))])
-    _write(root, "mteb/mtop_intent", "en", "train",
-           [{"id": i, **r} for i, r in enumerate(_labelled(rng, [f"IN:INTENT_{j}" for j in range(9)], 2))])
+    int_types = {"text": pa.string(), "label": pa.int64()}
+    _parquet(root, "mteb/AmazonReviewsClassification/en/train-00000-of-00001.parquet",
+             _labelled(rng, ["0", "1", "2", "3", "4"], 3), int_types)
+    _parquet(root, "mteb/MTOPIntentClassification/en/train-00000-of-00001.parquet",
+             _labelled(rng, [f"IN:INTENT_{j}" for j in range(9)], 2), int_types)
     _write(root, "mteb/banking77", None, "train", _labelled(rng, [f"intent_{j}" for j in range(10)], 2))
 
     cats = ["cs.CL cs.LG", "cs.CL", "hep-ph", "math.CO math.PR", "cs.LG stat.ML", "q-bio.NC", "astro-ph.GA",
             "cs.CV cs.LG", "hep-th", "math.PR"]
-    _write(root, "mteb/raw_arxiv", None, "train",
-           [{"id": f"2401.{i:05d}", "submitter": "x", "authors": "A. B.", "title": _sentence(rng, i, 6),
-             "comments": None, "journal-ref": None, "doi": None, "report-no": None, "categories": c,
-             "license": None, "abstract": _sentence(rng, i, 12), "update_date": "2024-01-01"}
-            for i, c in enumerate(cats * 2)])
-    for hf_id in ("mteb/raw_biorxiv", "mteb/raw_medrxiv"):
-        _write(root, hf_id, None, "train",
-               [{"id": f"10.1101/{i}", "title": _sentence(rng, i, 6), "abstract": _sentence(rng, i, 12),
-                 "category": ["neuroscience", "genomics", "microbiology", "epidemiology"][i % 4], "date": "2024-01-01"}
-                for i in range(12)])
+    arxiv = [{"id": f"2401.{i:05d}", "title": _sentence(rng, i, 6), "abstract": _sentence(rng, i, 12),
+              "categories": c} for i, c in enumerate(cats * 2)]  # MTEB scripts/data/arxiv/script_raw.py
+    _write(root, "mteb/raw_arxiv", None, "train", arxiv, name="train_0.jsonl.gz")
+    for kind, text in (("p2p", lambda r: r["title"] + " " + r["abstract"]), ("s2s", lambda r: r["title"])):
+        # MTEB's arXiv clustering rows: lists of texts and labels; one raw paper is in it (dropped)
+        _write(root, f"mteb/arxiv-clustering-{kind}", None, "test",
+               [{"sentences": [text(arxiv[0]), "quasar redshift survey galaxy"], "labels": ["cs", "astro-ph"]}],
+               name="test.jsonl.gz")
+    for src in ("biorxiv", "medrxiv"):
+        pool = [{"id": f"10.1101/{i}", "title": _sentence(rng, i, 6), "abstract": _sentence(rng, i, 12),
+                 "category": ["neuroscience", "genomics", "microbiology", "epidemiology"][i % 4]} for i in range(16)]
+        _write(root, f"mteb/raw_{src}", None, "train", pool, name="train_0.jsonl.gz")
+        for kind, text in (("p2p", lambda r: r["title"] + " " + r["abstract"]), ("s2s", lambda r: r["title"])):
+            # MTEB's script draws its test set from the same pool (here: 4 of the 16 papers)
+            _write(root, f"mteb/{src}-clustering-{kind}", None, "test",
+                   [{"sentences": text(r), "labels": r["category"]} for r in pool[:4]], name="test.jsonl.gz")
     _write(root, "sentence-transformers/reddit-title-body", None, "train",
            [{"title": _sentence(rng, i, 6), "body": _sentence(rng, i, 12), "subreddit": f"r{i % 9}"}
             for i in range(18)])

@@ -62,10 +62,24 @@ def test_prepare_fixtures_then_stage1_and_stage2_train(tmp_path, sources, tokeni
     # subsampled to the (lowered) counts; stratified: banking77 keeps 6 different intents
     assert (sets["banking77"]["written"], sets["nli"]["written"], sets["sts12"]["written"]) == (6, 6, 6)
     assert sets["banking77"]["subsampled_out"] == 14
-    # the paper's evaluation-content filter removed the copied test texts
-    assert sets["amazon_counterfactual"]["filtered"] == {"near-duplicate of test split (BM25 >= 0.9)": 1}
-    assert sets["emotion"]["filtered"] == {"near-duplicate of test split (BM25 >= 0.9)": 1}
-    assert (out2 / "report.txt").read_text().startswith("stage 2:")
+    # the paper's evaluation-content filter removed the copied test texts, counted per set
+    assert sets["amazon_counterfactual"]["filtered"] == {
+        "near-duplicate of mteb/amazon_counterfactual [test] (BM25 >= 0.9)": 1}
+    assert sets["emotion"]["filtered"] == {"near-duplicate of mteb/emotion [test] (BM25 >= 0.9)": 1}
+    # ... and the raw pools lost what MTEB's clustering test sets took from them
+    for name, test_set, dropped in (("biorxiv_p2p", "mteb/biorxiv-clustering-p2p", 4),
+                                    ("medrxiv_s2s", "mteb/medrxiv-clustering-s2s", 4),
+                                    ("arxiv_p2p", "mteb/arxiv-clustering-p2p", 1)):
+        assert sets[name]["filtered"][f"near-duplicate of {test_set} [test] (BM25 >= 0.9)"] == dropped, name
+    # STS22's raw file, 1-4 scores: only the pairs at 3.6 (4.33 of 5) pass the paper's >= 4
+    assert sets["sts22"]["rows_read"] == 14 and sets["sts22"]["available"] == 2 * 9
+    # wanted (Table 6) / available / written, and every set the source cannot fill is named
+    assert (sets["sts12"]["wanted"], sets["squad"]["wanted"]) == (6, 100000)
+    text = (out2 / "report.txt").read_text()
+    assert text.startswith("stage 2:") and "wanted available written" in " ".join(text.split()[:20])
+    short = text[text.index("short of the manifest's count"):].splitlines()
+    assert "  tweet_sentiment: wanted 40000, available 12, written 12" in short
+    assert not any(line.startswith("  nli:") for line in short)  # lowered to 6: the fixture fills it
 
     rows = [json.loads(line) for line in (out2 / "stage2.jsonl").read_text().splitlines()]
     by_task = Counter(r["task"] for r in rows)

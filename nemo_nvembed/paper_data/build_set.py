@@ -13,10 +13,15 @@ Per kind (NV-Embed section 4.2):
   category, and none of the text's own categories is ever its negative. Subsampled to
   ``samples`` examples, stratified by the positive label;
 * sts: the rule of :mod:`nemo_nvembed.converters.nonretrieval` (score >= min_score: a->b and b->a;
-  BM25 negatives from rank 2, none related > max_neg_relevance), subsampled uniformly.
+  BM25 negatives from rank 2, none related > max_neg_relevance), subsampled uniformly. Scores are
+  first mapped linearly from the set's ``score_range`` [lowest, most similar] onto the paper's 0-5
+  scale, so min_score 4 and max_neg_relevance 2.5 mean the same on every set (STS22 runs 1-4).
 
 ``dedup`` removes training texts that BM25 finds near-identical to the named evaluation split
-(convert_data's symmetric relative-score rule). Every dropped row is counted with its reason.
+(convert_data's symmetric relative-score rule), of the set's own repository or of ``dedup.hf_id``
+(MTEB's clustering test sets drawn from the same raw pools). Every dropped row is counted with its
+reason. The report's ``wanted`` is the manifest's count (Table 6), ``available`` what the source
+gives after conversion and filtering (before subsampling), ``written`` the rows of the set's file.
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ class SetReport:
     task: str
     kind: str
     source: str
+    wanted: int = 0  # the manifest's count (Table 6)
+    available: int = 0  # examples (or pairs) the source gives after conversion and filters
     rows_read: int = 0
     converted: int = 0  # examples (or pairs) built, before subsampling
     filtered: Counter = field(default_factory=Counter)  # reason -> rows or examples
@@ -75,7 +82,9 @@ def _texts(table, role, spec, hf_id):
 def build_set(s, num_negatives: int, mining, teachers, registry, source_dir, seed: int,
               progress: bool = True) -> tuple[list[dict], SetReport]:
     """Rows of one set (`s`: a validated manifest entry) and its report."""
-    report = SetReport(s.name, s.task, s.kind, f"{s.hf_id}" + (f" ({s.config})" if s.config else "") + f" [{s.split}]")
+    where = s.config or (f"file {s.data_files}" if s.data_files else None)
+    report = SetReport(s.name, s.task, s.kind, f"{s.hf_id}" + (f" ({where})" if where else "") + f" [{s.split}]",
+                       wanted=s.samples)
     rng = random.Random(f"{seed}:{s.name}")
     if s.kind == "retrieval":
         rows = _retrieval(s, num_negatives, mining, teachers, registry, source_dir, rng, report, progress)
@@ -88,6 +97,7 @@ def build_set(s, num_negatives: int, mining, teachers, registry, source_dir, see
         if len(full) < len(rows):
             report.filtered[f"fewer than {num_negatives} negatives left after mining"] += len(rows) - len(full)
         rows = full
+    report.available = report.converted
     report.written = len(rows)
     report.label_set_padded = sum(len(r["neg"]) < num_negatives for r in rows)
     return rows, report
@@ -122,7 +132,7 @@ def _retrieval(s, k, mining, teachers, registry, source_dir, rng, report, progre
 def _pair_set(s, source_dir, report, pool_rows: int, rng) -> RetrievalSet:
     """Pairs of one table; the documents mined from are the positives of at most `pool_rows` rows
     (uniform; PAQ has 65M rows), of which `samples` pairs are then kept."""
-    table = load_table(s.hf_id, s.config, s.split, source_dir)
+    table = _table(s, source_dir)
     report.rows_read = len(table)
     if len(table) > pool_rows:
         table = table.select(sorted(rng.sample(range(len(table)), pool_rows)))
@@ -150,9 +160,9 @@ def _pair_set(s, source_dir, report, pool_rows: int, rng) -> RetrievalSet:
 
 
 def _beir_set(s, source_dir, report) -> RetrievalSet:
-    corpus = load_table(s.hf_id, s.beir.corpus.config, s.beir.corpus.split, source_dir)
-    queries = load_table(s.hf_id, s.beir.queries.config, s.beir.queries.split, source_dir)
-    qrels_t = load_table(s.hf_id, s.config, s.split, source_dir)
+    corpus = load_table(s.hf_id, s.beir.corpus.config, s.beir.corpus.split, source_dir, revision=s.revision)
+    queries = load_table(s.hf_id, s.beir.queries.config, s.beir.queries.split, source_dir, revision=s.revision)
+    qrels_t = _table(s, source_dir)
     for name, t, cols in (("corpus", corpus, ["_id", s.fields.pos]), ("queries", queries, ["_id", s.fields.query]),
                           ("qrels", qrels_t, ["query-id", "corpus-id", "score"])):
         for c in cols:
@@ -185,8 +195,9 @@ def _beir_set(s, source_dir, report) -> RetrievalSet:
 
 # ---------------------------------------------------------------------------------------- sts
 def _sts(s, k, source_dir, rng, report, progress):
-    table = load_table(s.hf_id, s.config, s.split, source_dir)
+    table = _table(s, source_dir)
     report.rows_read = len(table)
+    lo, hi = (float(x) for x in s.score_range)
     a = _texts(table, "text1", s.fields.text1, s.hf_id)
     b = _texts(table, "text2", s.fields.text2, s.hf_id)
     scores = list(column_values(table, "score", s.fields.score, s.hf_id))
@@ -196,8 +207,11 @@ def _sts(s, k, source_dir, rng, report, progress):
             report.filtered["empty text"] += 1
         elif not isinstance(sc, (int, float)) or isinstance(sc, bool):
             raise SourceError(f"{s.hf_id}: row {i + 1}: fields.score {s.fields.score!r}: expected a number, got {sc!r}")
-        else:
-            rows.append(PairRow(f"row {i + 1}", x, y, float(sc)))
+        elif not lo - 1e-9 <= sc <= hi + 1e-9:
+            raise SourceError(f"{s.hf_id}: row {i + 1}: fields.score {s.fields.score!r}: {sc} is outside the set's "
+                              f"score_range [{lo:g}, {hi:g}]")
+        else:  # onto the paper's 0-5 scale, where its thresholds (4, 2.5) are stated
+            rows.append(PairRow(f"row {i + 1}", x, y, 5.0 * (float(sc) - lo) / (hi - lo)))
     rows = _dedup(s, rows, ["text1", "text2"], source_dir, report)
     drops: Counter = Counter()
     examples, stats = sts_examples(rows, s.task, k, s.min_score, s.max_neg_relevance, drops, progress=progress)
@@ -211,7 +225,7 @@ def _sts(s, k, source_dir, rng, report, progress):
 
 # ---------------------------------------------------------------------------------------- labels
 def _label_set(s, k, source_dir, rng, report):
-    table = load_table(s.hf_id, s.config, s.split, source_dir)
+    table = _table(s, source_dir)
     report.rows_read = len(table)
     texts = _texts(table, "text", s.fields.text, s.hf_id)
     labels = list(column_values(table, "label", s.fields.label, s.hf_id))
@@ -274,15 +288,27 @@ def _label_set(s, k, source_dir, rng, report):
     return out
 
 
+def _table(s, source_dir):
+    """The set's own table: its config's split, or its raw file read as that split."""
+    return load_table(s.hf_id, s.config, s.split, source_dir, data_files=s.data_files, revision=s.revision)
+
+
 # ---------------------------------------------------------------------------------------- eval filter
 def _dedup(s, rows, text_fields, source_dir, report):
     if s.dedup is None:
         return rows
-    table = load_table(s.hf_id, s.dedup.config, s.dedup.split, source_dir)
-    eval_texts = [v for f in s.dedup.fields for v in column_values(table, f"dedup.{f}", f, s.hf_id)
-                  if isinstance(v, str) and v.strip()]
-    dr = DedupReport(sources=[f"{s.hf_id} [{s.dedup.split}]"])
+    hf_id = s.dedup.hf_id or s.hf_id
+    table = load_table(hf_id, s.dedup.config, s.dedup.split, source_dir, data_files=s.dedup.data_files,
+                       revision=s.dedup.revision)
+    eval_texts = []
+    for f in s.dedup.fields:
+        for v in column_values(table, f"dedup.{f}", f, hf_id):
+            for t in (v if isinstance(v, (list, tuple)) else [v]):  # MTEB clustering rows may hold lists
+                if isinstance(t, str) and t.strip():
+                    eval_texts.append(t)
+    dr = DedupReport(sources=[f"{hf_id} [{s.dedup.split}]"])
     kept = exclude_near_duplicates(rows, text_fields, eval_texts, s.dedup.threshold, dr)
     if dr.rows_removed:
-        report.filtered[f"near-duplicate of {s.dedup.split} split (BM25 >= {s.dedup.threshold})"] += dr.rows_removed
+        report.filtered[f"near-duplicate of {hf_id} [{s.dedup.split}] (BM25 >= {s.dedup.threshold})"] += \
+            dr.rows_removed
     return kept

@@ -41,8 +41,11 @@ class BeirSpec:
 class DedupSpec:
     config: Optional[str] = MISSING
     split: str = MISSING
-    fields: List[str] = MISSING
+    fields: List[str] = MISSING  # a column of strings, or of lists of strings (MTEB clustering sets)
     threshold: float = MISSING
+    hf_id: Optional[str] = None  # the evaluation set's own repository (default: the set's hf_id)
+    revision: Optional[str] = None  # the revision MTEB evaluates on (default: the Hub's main)
+    data_files: Optional[str] = None  # a raw file of that repository, read as `split` (config: null)
 
 
 @dataclass
@@ -56,8 +59,12 @@ class SetSpec:
     fields: Dict[str, Any] = MISSING  # role -> column, or a list of columns joined with a space
     samples: int = MISSING
     dedup: Optional[DedupSpec] = MISSING
+    checked: str = MISSING  # where the id, config, split and columns were checked (and what was not)
     # optional keys (absent from most entries; documented in the manifest's header)
     beir: Optional[BeirSpec] = None
+    data_files: Optional[str] = None  # a raw file of the repository, read as `split` (no config)
+    revision: Optional[str] = None
+    score_range: Optional[List[float]] = None  # sts: [lowest, highest = most similar] of the source
     label_texts: Dict[str, str] = field(default_factory=dict)
     label_sep: Optional[str] = None
     min_score: Optional[float] = None
@@ -125,7 +132,15 @@ def _check_set(s, where: str, registry: TaskRegistry) -> None:
         raise ManifestError(f"{where}.beir: only retrieval sets have a BEIR layout")
     if (s.label_texts or s.label_sep) and s.kind not in ("classification", "clustering"):
         raise ManifestError(f"{where}: label_texts/label_sep are for classification/clustering sets")
-    if s.kind == "sts" and (s.min_score is None or s.max_neg_relevance is None):
-        raise ManifestError(f"{where}: an sts set needs min_score and max_neg_relevance")
+    if s.kind == "sts" and (s.min_score is None or s.max_neg_relevance is None or s.score_range is None):
+        raise ManifestError(f"{where}: an sts set needs min_score, max_neg_relevance and score_range")
+    if s.score_range is not None and (s.kind != "sts" or len(s.score_range) != 2
+                                      or not s.score_range[0] < s.score_range[1]):
+        raise ManifestError(f"{where}.score_range: an sts set's [lowest, highest] score, lowest < highest; "
+                            f"got {list(s.score_range)}")
+    if s.data_files is not None and (s.config is not None or s.beir is not None):
+        raise ManifestError(f"{where}.data_files: a raw file has no config and no BEIR layout (config: null)")
+    if not s.checked.strip():
+        raise ManifestError(f"{where}.checked: name where the id, config, split and columns were checked")
     if s.dedup is not None and not 0 < s.dedup.threshold <= 1:
         raise ManifestError(f"{where}.dedup.threshold: must be in (0, 1], got {s.dedup.threshold}")

@@ -5,7 +5,9 @@ Layout of ``OUT``::
     OUT/sets/<name>.jsonl          the set's rows (training JSONL, nemo_nvembed/data/jsonl.py)
     OUT/sets/<name>.report.json    its report; written last, so its presence means "finished"
     OUT/stage<N>.jsonl             every finished set of the stage, concatenated in manifest order
-    OUT/report.json, report.txt    the per-set reports (rows read, converted, filtered and why, written)
+    OUT/report.json, report.txt    the per-set reports: wanted (the manifest's Table 6 count), available
+                                   (what the source gives after conversion and filters), written; rows
+                                   read, filtered and why, subsampled away
 
 A finished set is never redone (delete its report to redo it); an interrupted one restarts from
 its beginning. Sets with ``enabled: false`` are reported as skipped, with their note.
@@ -40,7 +42,8 @@ def prepare_stage(manifest, stage: int, out: str | Path, registry, teachers, sou
     for s in tqdm(sets, desc=f"stage {stage} sets", unit="set", disable=not progress):
         done = out / "sets" / f"{s.name}.report.json"
         if not s.enabled:
-            reports.append({"name": s.name, "task": s.task, "kind": s.kind, "skipped": f"disabled: {s.note}"})
+            reports.append({"name": s.name, "task": s.task, "kind": s.kind, "wanted": s.samples,
+                            "skipped": f"disabled: {s.note}"})
             continue
         if done.exists():
             rep = json.loads(done.read_text())
@@ -82,19 +85,27 @@ def _write_json(path: Path, obj) -> None:
 
 
 def format_report(report: dict) -> str:
-    head = f"{'set':<28} {'task':<40} {'read':>8} {'converted':>9} {'filtered':>8} {'subsampled':>10} {'written':>8}"
+    """One line per set: wanted (Table 6) / available / written first, then how the rows went."""
+    head = (f"{'set':<24} {'wanted':>7} {'available':>9} {'written':>7} {'read':>8} {'filtered':>8} "
+            f"{'subsampled':>10}  task")
     lines = [f"stage {report['stage']}: {report['examples']} examples -> {report['out']}", head, "-" * len(head)]
+    short = []
     for r in report["sets"]:
         if "skipped" in r:
-            lines.append(f"{r['name']:<28} {r['task']:<40} skipped ({r['skipped'][:80]})")
+            lines.append(f"{r['name']:<24} {r.get('wanted', 0):>7} {'-':>9} {'-':>7}  skipped ({r['skipped'][:80]})")
             continue
         filtered = sum(r["filtered"].values())
         tag = " (resumed)" if r.get("resumed") else ""
-        lines.append(f"{r['name']:<28} {r['task']:<40} {r['rows_read']:>8} {r['converted']:>9} {filtered:>8} "
-                     f"{r['subsampled_out']:>10} {r['written']:>8}{tag}")
+        wanted, available = r.get("wanted", 0), r.get("available", r["converted"])  # reports of older runs lack them
+        lines.append(f"{r['name']:<24} {wanted:>7} {available:>9} {r['written']:>7} {r['rows_read']:>8} "
+                     f"{filtered:>8} {r['subsampled_out']:>10}  {r['task']}{tag}")
+        if available < wanted:
+            short.append(f"  {r['name']}: wanted {wanted}, available {available}, written {r['written']}")
         for reason, n in r["filtered"].items():
             lines.append(f"{'':<30}filtered: {reason}: {n}")
         if r["label_set_padded"]:
             lines.append(f"{'':<30}label-set examples with every other label as negatives (padded at load): "
                          f"{r['label_set_padded']}")
+    if short:
+        lines += ["short of the manifest's count (the source gives less than Table 6; kept what it has):", *short]
     return "\n".join(lines) + "\n"
