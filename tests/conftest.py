@@ -1,7 +1,9 @@
 """Shared fixtures. CPU tests run everywhere; GPU-only tests skip with a reason."""
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,27 @@ def tokenizer_file(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     tok.backend_tokenizer.save(str(path))
     return str(path)
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path):
+    """``path`` (an existing folder) read-only while the block runs. Root ignores permission bits, so as
+    root it is a read-only bind mount of itself (writes fail with EROFS, as on a read-only filesystem);
+    otherwise chmod 555 (EACCES)."""
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+            yield path
+        finally:
+            subprocess.run(["umount", str(path)], check=True)
+    else:
+        mode = path.stat().st_mode
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(mode)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO, read_only_folder, tiny_config
 
 TASKS = str(REPO / "conf" / "tasks.yaml")
 
@@ -47,6 +47,10 @@ ENCODE_CASES = {
     "output folder missing": ({"--output": "{tmp}/missing/emb.npy"}, "folder {tmp}/missing does not exist"),
     "output is a folder": ({"--output": "{tmp}/adir.npy"}, "adir.npy: is a directory"),
     "max length 0": ({"--max-length": "0"}, "--max-length must be >= 1"),
+    "chunk size 0": ({"--chunk-size": "0"}, "--chunk-size must be >= 1"),
+    "tp 0": ({"--tp": "0"}, "--tp must be >= 1"),
+    # read-only: a read-only bind mount as root (permission bits do not stop root), chmod 555 otherwise
+    "output folder read-only": ({"--output": "{tmp}/ro/emb.npy"}, "folder {tmp}/ro is not writable"),
 }
 
 
@@ -59,14 +63,43 @@ def test_encode_refuses(case, tiny_nemo, tmp_path, capsys):
     for damage in ("text", "truncated", "bitflip"):
         damaged_nemo(tiny_nemo, tmp_path / f"{damage}.nemo", damage)
     (tmp_path / "adir.npy").mkdir()
+    (tmp_path / "ro").mkdir()
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"text": "a"}\n{"text": "b"}\n')
     args = {"--model": str(tiny_nemo), "--input": str(inp), "--output": str(tmp_path / "emb.npy")}
     args.update({k: v.format(tmp=tmp_path) for k, v in changes.items()})
-    err = user_error(capsys, encode.main, [x for kv in args.items() for x in kv])
+    with read_only_folder(tmp_path / "ro"):
+        err = user_error(capsys, encode.main, [x for kv in args.items() for x in kv])
     assert expected.format(tmp=tmp_path) in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "emb.npy").exists() and not list(tmp_path.rglob("*.tmp")), "no partial output"
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_encode_failing_midway_removes_its_temporary(suffix, tiny_nemo, tmp_path, monkeypatch):
+    """The model fails on the second chunk (after the first was written into ``<output>.tmp``): the error
+    propagates (a bug or an out-of-memory keeps its traceback), and neither the output nor its temporary
+    is left behind."""
+    from nemo_nvembed import encode
+    from nemo_nvembed.models.network import NVEmbedNetwork
+
+    real, calls, temporaries = NVEmbedNetwork.encode, [], []
+
+    def failing(self, texts, **kw):
+        calls.append(texts)
+        if len(calls) == 2:
+            temporaries.extend(tmp_path.glob("*.tmp"))
+            raise RuntimeError("out of memory (injected)")
+        return real(self, texts, **kw)
+
+    monkeypatch.setattr(NVEmbedNetwork, "encode", failing)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
+    out = tmp_path / f"emb{suffix}"
+    with pytest.raises(RuntimeError, match="injected"):
+        encode.main(["--model", str(tiny_nemo), "--input", str(inp), "--output", str(out), "--chunk-size", "1"])
+    assert temporaries == [tmp_path / f"emb{suffix}.tmp"], "the first chunk went to the temporary"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"], "no output, no temporary"
 
 
 # ---------------------------------------------------------------- convert from-hf
@@ -146,6 +179,8 @@ TRAIN_CASES = {
     "TP -1": (["parallel.tensor_model_parallel_size=-1"], "parallel.tensor_model_parallel_size must be an integer >= 1"),
     "lr 0": (["train.optim.lr=0"], "train.optim.lr must be > 0"),
     "query_max_length 0": (["train.data.query_max_length=0"], "train.data.query_max_length must be >= 1"),
+    "global batch 0": (["train.data.global_batch_size=0"], "train.data.global_batch_size must be >= 1"),
+    "negatives -1": (["train.data.num_negatives=-1"], "train.data.num_negatives must be >= 1"),
     "max_steps 0": (["trainer.max_steps=0"], "trainer.max_steps must be an integer >= 1"),
     "resume typo": (["resume=fersh"], "resume: 'fersh' is not one of"),
     "skip fraction 1": (["train.max_skipped_fraction=1.0"], "train.max_skipped_fraction must be in [0, 1)"),

@@ -26,8 +26,9 @@ from dist_utils import run_distributed
 
 # Children come from a forkserver, not os.fork(): forking this multi-threaded pytest process (torch's
 # thread pools) can leave the child blocked on a lock another thread held (seen: a save hung forever).
+# The server imports the checkpoint code once (lightning: ~5 s), so each child starts in milliseconds.
 _CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(["torch"])
+_CTX.set_forkserver_preload(["torch", "nemo_nvembed.training.checkpoint_io"])
 
 
 def _child_save(folder: Path, step: int, name: str | None, kill_at: str | None, size: int) -> None:
@@ -114,27 +115,40 @@ def test_all_damaged_is_an_error_unless_fresh(tmp_path):
     assert moved and (moved[0] / "s--step=2.ckpt").exists(), "fresh keeps the old checkpoints, moved aside"
 
 
-def _child_save_on_full_disk(folder: Path) -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a signal
-    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+def _child_save_failing(folder: Path, report: Path, full_disk: bool) -> None:
+    if full_disk:  # RLIMIT_FSIZE: writes past the limit fail with EFBIG, as a full disk fails with ENOSPC
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
     from nemo_nvembed.training.checkpoint_io import ManifestCheckpointIO
 
     try:
         ManifestCheckpointIO().save_checkpoint({"global_step": 4, "w": torch.zeros(1_000_000)}, folder / "s--step=4-last.ckpt")
     except Exception as e:  # OSError, or torch's RuntimeError wrapping the failed write
-        (folder / "error.txt").write_text(f"{type(e).__name__}: {e}")
+        report.write_text(f"{type(e).__name__}: {e}")
         os._exit(3)  # the expected failure
     os._exit(0)
 
 
-def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path):
-    """RLIMIT_FSIZE makes writes past the limit fail with EFBIG, as a full disk fails with ENOSPC."""
+@pytest.mark.parametrize("fault", ["disk full", "read-only folder"])
+def test_failed_save_keeps_previous_checkpoint(tmp_path, fault):
+    """The save fails (a full disk: EFBIG past RLIMIT_FSIZE; a read-only folder: conftest.read_only_folder),
+    leaves no temporary, and the previous checkpoint is still the one a relaunch resumes from."""
+    from conftest import read_only_folder
     from nemo_nvembed.training import resume
 
-    _save(tmp_path, 2)
-    assert _in_child(_child_save_on_full_disk, tmp_path) == 3, "the save must fail on a full disk"
-    assert not list(tmp_path.glob("*.tmp-*")), "the failed save leaves no temporary"
-    decision = resume.choose(tmp_path, "auto")
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    _save(folder, 2)
+    report = tmp_path / "error.txt"
+    if fault == "disk full":
+        code = _in_child(_child_save_failing, folder, report, True)
+    else:
+        with read_only_folder(folder):
+            code = _in_child(_child_save_failing, folder, report, False)
+    assert code == 3, f"the save must fail ({fault})"
+    assert ("Read-only file system" if fault == "read-only folder" and os.geteuid() == 0 else "Error") in report.read_text()
+    assert not list(folder.glob("*.tmp-*")), "the failed save leaves no temporary"
+    decision = resume.choose(folder, "auto")
     assert decision.step == 2
 
 
@@ -214,6 +228,34 @@ def test_damaged_nemo_is_refused_naming_path(tiny_nemo, tmp_path, damage, why, s
         NVEmbedNetwork.load(str(bad))
     assert str(bad) in str(e.value)
     NVEmbedNetwork.load(str(tiny_nemo))  # the intact file still restores (and its checksum verifies)
+
+
+def test_nemo_saved_before_checksums_restores_with_a_warning(tiny_nemo, tmp_path, monkeypatch, single_process):
+    """A .nemo whose config has no weights checksum (written before checksums existed) restores the same
+    weights, with a warning that they were not verified."""
+    import io
+
+    from omegaconf import OmegaConf
+
+    from nemo_nvembed.models import checkpoint
+    from nemo_nvembed.models.network import NVEmbedNetwork
+
+    old = tmp_path / "old.nemo"
+    with tarfile.open(tiny_nemo) as src, tarfile.open(old, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else None
+            if m.name.endswith(checkpoint.CONFIG_MEMBER):
+                conf = OmegaConf.create(data.decode())
+                assert conf.pop(checkpoint.WEIGHTS_SHA_KEY)
+                data = OmegaConf.to_yaml(conf).encode()
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+    warnings = []
+    monkeypatch.setattr(checkpoint.logging, "warning", warnings.append)
+    restored = NVEmbedNetwork.load(str(old)).full_state_dict()
+    assert warnings == [f"{old}: saved without a weights checksum; not verified"]
+    expected = NVEmbedNetwork.load(str(tiny_nemo)).full_state_dict()
+    assert restored.keys() == expected.keys() and all(torch.equal(restored[k], expected[k]) for k in expected)
 
 
 # ---------------------------------------------------------------- non-finite steps on 2 ranks
