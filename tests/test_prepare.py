@@ -176,6 +176,9 @@ def test_manifest_errors_name_the_file_and_key(tmp_path, capsys):
     bad(lambda r: r.stage2[0].__setitem__("task", "MSMARC"), r"stage2\[0\] \(msmarco\)\.task: 'MSMARC' is not in .*MSMARCO")
     bad(lambda r: r.stage2[12].__setitem__("task", "NQ"), r"task: NQ is of kind 'retrieval'")
     bad(lambda r: r.stage2[12].fields.__delitem__("label"), r"fields: a classification set maps exactly label, text")
+    bad(lambda r: r.stage2[9].__delitem__("score_range"), r"\(sts12\): an sts set needs .* score_range")
+    bad(lambda r: r.stage2[10].__setitem__("score_range", [4, 1]), r"\(sts22\)\.score_range: .* lowest < highest")
+    bad(lambda r: r.stage2[12].__delitem__("checked"), r"\(amazon_counterfactual\): required key\(s\) not set: checked")
     argv = ["--stage", "1", "--out", str(tmp_path / "o"), "--source-dir", str(tmp_path), "--no-progress", "--only"]
     assert "no local copy at" in refused(capsys, prepare.main, [*argv, "nq"])
     assert refused(capsys, prepare.main, [*argv, "nope"]).startswith("--only: no set named nope")
