@@ -152,6 +152,43 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, fault):
     assert decision.step == 2
 
 
+# ---------------------------------------------------------------- preemption signals
+
+
+@pytest.mark.parametrize("sig, requeue", [("SIGUSR1", True), ("SIGTERM", False)])
+def test_preemption_signal_saves_at_the_next_step_and_stops(tmp_path, sig, requeue):
+    """A real signal to this process once the callback's handlers are installed (train start): the
+    handler only flags it; the next step end (all ranks agree through an all-reduce) saves the last
+    checkpoint and stops the fit. USR1 (Slurm's warning) leaves the PREEMPTED marker, so slurm/common.sh
+    requeues the job; SIGTERM (preemption or the time limit itself) saves without it: Slurm decides
+    whether the job comes back. End to end (requeue, resume, bit-equal): tests/test_slurm.py, USR1."""
+    from types import SimpleNamespace
+
+    from nemo_nvembed.training.preemption import PreemptionCheckpoint
+
+    saved = []
+    ckpt = SimpleNamespace(_monitor_candidates=lambda trainer: {},
+                           _save_last_checkpoint=lambda trainer, monitor: saved.append(trainer.global_step))
+    trainer = SimpleNamespace(global_step=5, max_steps=10, checkpoint_callback=ckpt, is_global_zero=True,
+                              should_stop=False)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    callback = PreemptionCheckpoint(tmp_path)
+    before = signal.getsignal(getattr(signal, sig))
+    callback.on_train_start(trainer, module)
+    try:
+        callback.on_train_batch_end(trainer, module, None, None, 0)
+        assert not saved and not trainer.should_stop
+        os.kill(os.getpid(), getattr(signal, sig))  # delivered to this (main) thread: the flag only
+        assert not saved
+        trainer.global_step = 6
+        callback.on_train_batch_end(trainer, module, None, None, 0)
+    finally:
+        callback.on_train_end(trainer, module)
+    assert saved == [6] and trainer.should_stop and callback.stopped
+    assert callback.marker.exists() == requeue
+    assert signal.getsignal(getattr(signal, sig)) == before, "the handlers are restored at train end"
+
+
 # ---------------------------------------------------------------- run-folder lock
 
 

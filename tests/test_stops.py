@@ -66,6 +66,34 @@ def test_user_error_under_two_processes_is_one_line(case, tmp_path, tiny_base, d
     assert not (tmp_path / "r" / "stage1" / "resolved_config.yaml").exists(), "refused before the run started"
 
 
+# A sitecustomize.py (on PYTHONPATH, so every worker runs it at start) that hides one path from one rank:
+# a file on a node-local disk that one node lacks, on this one machine.
+HIDE_FROM_RANK = """import os, pathlib
+if os.environ.get("RANK") == os.environ["HIDE_FROM_RANK"]:
+    _real, _hidden = pathlib.Path.is_file, os.environ["HIDE_PATH"]
+    pathlib.Path.is_file = lambda self: False if str(self) == _hidden else _real(self)
+"""
+
+
+def test_user_error_only_rank_1_finds_is_one_line(tmp_path, tiny_base, data):
+    """init_from missing on rank 1's node only: rank 0 passes every check and waits for rank 1 at the
+    rendezvous, rank 1 refuses and exits 2. The launch prints rank 1's line (naming the rank and host),
+    once, and exits 2; it is not lost because rank 0, the rank that prints, found nothing."""
+    import socket
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(HIDE_FROM_RANK)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "HIDE_FROM_RANK": "1", "HIDE_PATH": str(tiny_base)}
+    start = time.time()
+    p = subprocess.run(train_cmd(tmp_path / "r", tiny_base, data, 2), capture_output=True, text=True, cwd=REPO,
+                       env=env, timeout=300)
+    line = one_error_line(p.stdout + p.stderr)
+    assert p.returncode == 2, (p.returncode, line)
+    assert line == f"error: init_from: no .nemo at {tiny_base} (rank 1 on {socket.gethostname()})", line
+    print(f"\n[rank-1 error] one line, exit 2, in {time.time() - start:.0f} s")
+
+
 def test_disk_full_writing_the_nemo_is_one_line_and_relaunch_writes_it(tmp_path, tiny_base, data):
     """The .nemo goes to a 1 MB tmpfs (the checkpoints do not): the write fails after the last step;
     one line names the step and what to do, the traceback is in the run folder; a relaunch with room

@@ -234,20 +234,36 @@ def decided_on_rank0(decide):
 def launch_local_workers(nproc: int, module: str, args: list[str]) -> int:
     """``torchrun --nproc-per-node nproc -m module args`` through torch's own launcher, in this process,
     without its failure banner: a worker that failed has printed its own ``error:`` line (or its
-    traceback), so this returns the first failed worker's exit status (128 + signal when killed) or 0."""
+    traceback), so this returns the first failed worker's exit status (128 + signal when killed) or 0.
+    Rank 0 prints a stop's line; a line only another rank recorded (:func:`unreported_error`) is printed
+    here, so a refusal that only rank 1 found is not lost."""
     import logging
+    import tempfile
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     # torchrun's agent logs each worker's failure and the SIGTERMs it sends; the workers' own lines say more.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    own = "NVEMBED_EXIT_STATUS_FILE" not in os.environ
+    if own:
+        fd, status_file = tempfile.mkstemp(prefix="nvembed-exit-status-")
+        os.close(fd)
+        os.environ["NVEMBED_EXIT_STATUS_FILE"] = status_file
+    status_file = os.environ["NVEMBED_EXIT_STATUS_FILE"]
     try:
         run(parse_args(["--nproc-per-node", str(nproc), "-m", module, *args]))
     except ChildFailedError as e:
         _, failure = e.get_first_failure()
         code = failure.exitcode
+        line = unreported_error(status_file)
+        if line:
+            print(line, file=sys.stderr, flush=True)
         return 128 - code if code < 0 else code or 1
+    finally:
+        if own:
+            os.environ.pop("NVEMBED_EXIT_STATUS_FILE")
+            os.unlink(status_file)
     return 0
 
 
@@ -258,10 +274,41 @@ def is_launched() -> bool:
 
 def report_once(message: str, status: int) -> None:
     """Print one line to stderr on global rank 0 only (a user error every rank found alike) and record
-    the exit status for the launch script (:func:`record_exit_status`)."""
-    record_exit_status(status, message)
-    if read_env().rank == 0:
+    the exit status and the line for the launch (:func:`record_exit_status`). Another rank's line names
+    the rank and its host, and is printed by the launch (``train --nproc-per-node``, slurm/common.sh;
+    plain torchrun shows it in its failure banner) when rank 0 recorded none (:func:`unreported_error`):
+    a file missing on one node is found by that node's ranks only."""
+    env = read_env()
+    if env.rank != 0:
+        message = f"{message} (rank {env.rank} on {socket.gethostname()})"
+    record_exit_status(status, message)  # before printing: a launch that finds rank 0's record prints nothing
+    if env.rank == 0:
         print(message, file=sys.stderr, flush=True)
+    elif os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's own banner names the root cause with it
+        import json
+        import time
+
+        try:
+            with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
+                json.dump({"message": message, "timestamp": int(time.time())}, f)
+        except OSError:
+            pass
+
+
+def unreported_error(status_file: str) -> str | None:
+    """The ``error:`` line a non-zero rank recorded when rank 0 recorded nothing (rank 0, which prints,
+    found no error or was stopped before it did); None otherwise."""
+    import re
+
+    try:
+        with open(status_file) as f:
+            records = [m.groups() for m in map(re.compile(r"^(\d+) rank (\d+): (.*)$").match, f) if m]
+    except OSError:
+        return None
+    if any(rank == "0" for _, rank, _ in records):
+        return None
+    errors = sorted((int(rank), line) for _, rank, line in records if line.startswith("error: "))
+    return errors[0][1] if errors else None
 
 
 def record_exit_status(status: int, why: str) -> None:
