@@ -67,7 +67,7 @@ def _step_peak(model, data, queries: int, cap: int) -> tuple[float, int]:
 
     step()
     c = tcfg.chunking
-    n_chunks = len(chunking.plan(batch.docs.attention_mask, c.chunk_size, c.length_aware, c.chunk_cost_tokens, cap))
+    n_chunks = len(chunking.plan(batch.docs.lengths, c.chunk_size, c.length_aware, c.chunk_cost_tokens, cap))
     return step_peak_memory(step, "cpu"), n_chunks
 
 

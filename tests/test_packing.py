@@ -75,10 +75,25 @@ def test_packs_respect_the_token_budget():
     from nemo_nvembed.training.chunking import plan_packs
 
     lengths = [50, 7, 30, 30, 12, 64, 3, 3, 40]
-    mask = torch.zeros(len(lengths), 70, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-    packs = plan_packs(mask, 64)
+    packs = plan_packs(lengths, 64)
     assert sorted(int(i) for c in packs for i in c.index) == list(range(len(lengths)))  # each sequence once
     assert all(c.tokens <= 64 for c in packs) and sum(c.tokens for c in packs) == sum(lengths)
     assert len(packs) == 4  # ceil(242 / 64): first-fit decreasing fills them
+
+
+def test_pack_from_host_lengths_equals_the_masks_selection():
+    """Pack.from_rows (host lengths, no tensor read) holds what boolean selection by the masks gives."""
+    from nemo_nvembed.models.packing import Pack
+
+    lengths, starts, s = [5, 2, 7, 1], [2, 0, 3, 0], 8
+    ids = torch.arange(len(lengths) * s).view(len(lengths), s)
+    att = torch.tensor([[int(j < n) for j in range(s)] for n in lengths])
+    pool = torch.tensor([[int(p <= j < n) for j in range(s)] for n, p in zip(lengths, starts)])
+    pack = Pack.from_rows(ids, lengths, starts)
+    real = att.bool()
+    assert torch.equal(pack.input_ids, ids[real]) and torch.equal(pack.pool_mask, pool[real])
+    assert pack.bounds == [0, 5, 7, 14, 15] and pack.max_length == 7
+    assert pack.segments.tolist() == [i for i, n in enumerate(lengths) for _ in range(n)]
+    assert pack.positions.tolist() == [j for n in lengths for j in range(n)]
+    assert torch.equal(pack.pool_index, pool[real].nonzero().squeeze(1))
+    assert pack.pool_count.tolist() == [3.0, 2.0, 4.0, 1.0]

@@ -129,12 +129,12 @@ def test_chunk_planner_is_optimal_and_complete(size, cost, max_tokens):
         n, s = int(torch.randint(1, 13, (1,), generator=g)), 30
         lengths = torch.randint(1, s + 1, (n,), generator=g)
         mask = (torch.arange(s)[None, :] < lengths[:, None]).long()
-        chunks = chunking.plan(mask, size, True, cost, max_tokens)
+        chunks = chunking.plan(lengths.tolist(), size, True, cost, max_tokens)
         assert sorted(torch.cat([c.index for c in chunks]).tolist()) == list(range(n))  # each sequence once
         for c in chunks:
             assert len(c.index) <= size and c.length == int(lengths[c.index].max())
             assert not max_tokens or len(c.index) == 1 or len(c.index) * c.length <= max_tokens
-        real, padded = chunking.token_counts(mask, chunks)
+        real, padded = chunking.token_counts(lengths.tolist(), chunks)
         assert real == int(lengths.sum())
         desc = sorted(lengths.tolist(), reverse=True)
         assert padded + cost * len(chunks) == _brute_force_cost(tuple(desc), size, cost, max_tokens)

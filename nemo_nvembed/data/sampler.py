@@ -192,6 +192,10 @@ class GlobalBatchSampler:
             np.add.at(counts, np.asarray(self._advance(state), dtype=np.int64), 1)
         return counts
 
+    def local_of(self, global_batch: List[int]) -> List[int]:
+        """This rank's share of ``global_batch``."""
+        return self._local(global_batch)
+
     def _local(self, global_batch: List[int]) -> List[int]:
         b = self.local_batch_size
         return global_batch[self.dp_rank * b : (self.dp_rank + 1) * b]

@@ -59,10 +59,15 @@ class _Keys:
     in its sequence of every token of one [t, 1, f] pack): each token's mask is the one it gets padded,
     a function of (its sequence's key, its position in the sequence, feature) only."""
 
-    def __init__(self, keys: torch.Tensor, segments: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+    def __init__(self, keys: torch.Tensor | list[int], segments: torch.Tensor | None = None,
+                 positions: torch.Tensor | None = None, max_length: int | None = None):
+        self._values: list[int] | None = None
+        if isinstance(keys, list):  # Python ints from the host: no tensor read ever
+            self._values = [k & _M32 for k in keys]
+            keys = torch.tensor(self._values, dtype=torch.int64)
         self.tensor = keys.to(torch.int64) & _M32  # [b] (packed: [n] sequences)
         self.segments, self.positions = segments, positions
-        self._values: list[int] | None = None
+        self.max_length = max_length  # packed: the longest sequence (host int); None: read from positions
         self._on: dict[torch.device, torch.Tensor] = {}
         self._packed_rows: dict[tuple, torch.Tensor] = {}
         self._pos_h: torch.Tensor | None = None
@@ -75,7 +80,8 @@ class _Keys:
         """[t] int32 mix32(position + _POS) of every packed token, on the host: once per forward, shared by
         every adapter (each adds only its own sequence hash)."""
         if self._pos_h is None:
-            table = _pos_hash(int(self.positions.max()) + 1, torch.device("cpu")).view(-1)
+            longest = self.max_length if self.max_length is not None else int(self.positions.max()) + 1
+            table = _pos_hash(longest, torch.device("cpu")).view(-1)
             self._pos_h = table[self.positions]
         return self._pos_h
 
@@ -114,6 +120,11 @@ def _mix32_int(h: int) -> int:
     return h ^ (h >> 16)
 
 
+def mix32_int(h: int) -> int:
+    """:func:`mix32` of one Python int in [0, 2**32) (host-side keys: no tensor)."""
+    return _mix32_int(h & _M32)
+
+
 def _as_int32(v: int) -> int:
     """The int32 with the bits of uint32 ``v``."""
     return v - 2**32 if v >= 2**31 else v
@@ -128,11 +139,13 @@ def key_of(*parts: int) -> int:
 
 
 @contextmanager
-def sequence_keys(keys: torch.Tensor, segments: torch.Tensor | None = None, positions: torch.Tensor | None = None):
-    """Within the block, keyed dropout uses ``keys`` ([b] int64) for the b sequences of the forward;
-    packed ([t, 1, f] inputs): ``segments`` and ``positions`` ([t]) place every token (see :class:`_Keys`)."""
+def sequence_keys(keys: torch.Tensor | list[int], segments: torch.Tensor | None = None,
+                  positions: torch.Tensor | None = None, max_length: int | None = None):
+    """Within the block, keyed dropout uses ``keys`` ([b] int64, or b Python ints) for the b sequences
+    of the forward; packed ([t, 1, f] inputs): ``segments`` and ``positions`` ([t]) place every token
+    and ``max_length`` is the longest sequence (see :class:`_Keys`)."""
     global _keys
-    previous, _keys = _keys, _Keys(keys, segments, positions)
+    previous, _keys = _keys, _Keys(keys, segments, positions, max_length)
     try:
         yield
     finally:

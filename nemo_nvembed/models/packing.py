@@ -39,17 +39,31 @@ class Pack:
 
     @classmethod
     def from_padded(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor) -> "Pack":
-        """From right-padded [n, s] ids and masks (CPU)."""
-        real = attention_mask.bool()  # [n, s]
-        lengths = real.sum(1)  # [n]
-        cu = torch.zeros(len(lengths) + 1, dtype=torch.int64)
-        torch.cumsum(lengths, 0, out=cu[1:])
-        segments = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # [t]
-        positions = torch.arange(int(cu[-1])) - cu[:-1][segments]  # [t]
-        pool = pool_mask[real]  # [t]: row-major selection keeps each sequence's tokens together, in order
-        pool_index = pool.nonzero().squeeze(1)  # [p]
-        return cls(input_ids[real], pool, cu.tolist(), cu.to(torch.int32), segments, positions, pool_index,
-                   segments[pool_index], torch.bincount(segments[pool_index], minlength=len(lengths)).float())
+        """From right-padded [n, s] ids and masks (CPU; reads the masks: for tests and ad-hoc callers)."""
+        lengths = attention_mask.sum(1).tolist()
+        pooled = pool_mask.sum(1).tolist()
+        return cls.from_rows(input_ids, lengths, [n - p for n, p in zip(lengths, pooled)])
+
+    @classmethod
+    def from_rows(cls, input_ids: torch.Tensor, lengths: list[int], pool_starts: list[int]) -> "Pack":
+        """From right-padded [n, s] ids (CPU) and the host's per-row lengths and first pooled token
+        (``text.Batch.lengths``/``pool_starts``: the pooled span is a suffix). No tensor value is read:
+        building a pack costs no device->host synchronisation."""
+        n, s = input_ids.shape
+        bounds = [0]
+        for length in lengths:
+            bounds.append(bounds[-1] + length)
+        t = bounds[-1]
+        cu = torch.tensor(bounds, dtype=torch.int64)
+        tokens = torch.arange(t)
+        segments = torch.searchsorted(cu[1:], tokens, right=True)  # [t]: the sequence of each token
+        positions = tokens - cu[:-1][segments]  # [t]
+        ids = input_ids.reshape(-1)[segments * s + positions]  # [t]
+        pool = (positions >= torch.tensor(pool_starts)[segments]).to(torch.long)  # [t]
+        pool_index = torch.tensor([bounds[i] + j for i in range(n) for j in range(pool_starts[i], lengths[i])],
+                                  dtype=torch.int64)  # [p]
+        counts = torch.tensor([length - start for length, start in zip(lengths, pool_starts)], dtype=torch.float32)
+        return cls(ids, pool, bounds, cu.to(torch.int32), segments, positions, pool_index, segments[pool_index], counts)
 
     def to(self, device: torch.device) -> "Pack":
         """The device tensors moved once (segments/positions stay on the host: dropout keys read them there)."""

@@ -32,10 +32,24 @@ POOL_SPANS = ("exact", "nvembed_v2")  # which tokens are pooled (module docstrin
 
 @dataclass
 class Batch:
+    """Right-padded tokenised texts. ``lengths`` and ``pool_starts`` are host copies (Python ints) of
+    what the masks say: row i's real tokens are ``[0, lengths[i])`` and its pooled tokens
+    ``[pool_starts[i], lengths[i])`` (the pooled span is always a suffix: the text after the
+    instruction, then EOS). Chunk planning and packing read them, never the tensors, so a step
+    needs no device->host read to plan its chunks."""
     input_ids: torch.Tensor  # [b, s]
     attention_mask: torch.Tensor  # [b, s] 1 for real tokens
     pool_mask: torch.Tensor  # [b, s] 1 for tokens pooled into the embedding
     num_truncated: int = 0
+    lengths: list[int] | None = None  # [b] real tokens per row; None: read from attention_mask once
+    pool_starts: list[int] | None = None  # [b] first pooled token per row; None: read from pool_mask once
+
+    def __post_init__(self):
+        if self.lengths is None:  # a batch built from tensors alone (tests, callers outside TextEncoder)
+            self.lengths = self.attention_mask.sum(1).tolist()
+        if self.pool_starts is None:
+            pooled = self.pool_mask.sum(1).tolist()
+            self.pool_starts = [n - p for n, p in zip(self.lengths, pooled)]
 
 
 def load_tokenizer(tokenizer_cfg, file: str) -> PreTrainedTokenizerFast:
@@ -92,8 +106,13 @@ class TextEncoder:
         ids = torch.full((len(rows), s), self.tok.pad_token_id, dtype=torch.long)
         att = torch.zeros(len(rows), s, dtype=torch.long)
         pool = torch.zeros(len(rows), s, dtype=torch.long)
+        starts = []
         for i, (r_ids, r_pool, _) in enumerate(rows):  # right padding
             ids[i, : len(r_ids)] = torch.tensor(r_ids)
             att[i, : len(r_ids)] = 1
             pool[i, : len(r_pool)] = torch.tensor(r_pool)
-        return Batch(ids, att, pool, sum(r[2] for r in rows))
+            start = len(r_pool) - sum(r_pool)
+            if any(r_pool[:start]) or not all(r_pool[start:]):  # Batch's contract: the pooled span is a suffix
+                raise AssertionError(f"pool flags are not a suffix: {r_pool}")
+            starts.append(start)
+        return Batch(ids, att, pool, sum(r[2] for r in rows), [len(r[0]) for r in rows], starts)

@@ -20,6 +20,7 @@ class ContrastiveBatch:
     neg_keys: list[list[str]]
     num_negatives: int
     lines: list[int]  # source lines of the examples (traces, error messages)
+    any_in_batch: bool | None = None  # any query of the GLOBAL batch with in-batch negatives (None: unknown)
 
 
 class BatchStream:
@@ -34,14 +35,21 @@ class BatchStream:
     def __iter__(self):
         step = self.start()
         self.sampler.load_state_dict(self.sampler.state_dict_at(step))
-        for local in self.sampler:
-            yield self.collate(step, [self.examples[i] for i in local])
+        while True:
+            global_batch = self.sampler.next_global_batch()
+            any_in_batch = self.stage_in_batch and any(
+                self.registry[self.examples[i].task].in_batch_negatives for i in global_batch)
+            yield self.collate(step, [self.examples[i] for i in self.sampler.local_of(global_batch)], any_in_batch)
             step += 1
 
-    def collate(self, step: int, exs: list[Example]) -> ContrastiveBatch:
+    def collate(self, step: int, exs: list[Example], any_in_batch: bool | None = None) -> ContrastiveBatch:
+        """This rank's batch; ``any_in_batch``: whether any query of the global batch uses in-batch
+        negatives (the loss then needs no collective to agree on it)."""
         tasks = [self.registry[e.task] for e in exs]
         queries = self.text([e.query for e in exs], [t.train_instruction for t in tasks], self.cfg.query_max_length)
         docs = self.text([d for e in exs for d in (e.pos, *e.neg)], None, self.cfg.doc_max_length)
         in_batch = torch.tensor([self.stage_in_batch and t.in_batch_negatives for t in tasks])
+        if any_in_batch is None and self.sampler is None:  # no sampler: these examples are the whole batch
+            any_in_batch = self.stage_in_batch and any(t.in_batch_negatives for t in tasks)
         return ContrastiveBatch(step, queries, docs, in_batch, [e.pos_key for e in exs],
-                                [list(e.neg_keys) for e in exs], len(exs[0].neg), [e.line for e in exs])
+                                [list(e.neg_keys) for e in exs], len(exs[0].neg), [e.line for e in exs], any_in_batch)

@@ -66,6 +66,7 @@ def contrastive_loss(
     neg_keys: Sequence[Sequence[str]],
     global_batch_size: int,
     group: Optional[dist.ProcessGroup] = None,
+    any_in_batch: Optional[bool] = None,
 ) -> LossOutput:
     """InfoNCE over cosine similarities / temperature, with optional global in-batch negatives.
 
@@ -82,6 +83,9 @@ def contrastive_loss(
         nemo_nvembed/data/jsonl.py) and is masked everywhere it appears, so a query with k slots
         but m < k distinct negatives is scored exactly as if it had those m negatives only.
       group: the data-parallel process group; None or size 1 means one process.
+      any_in_batch: whether any query of the GLOBAL batch has in_batch (the batch stream knows it
+        on the host); None: decided here by reading in_batch and, over ranks, one MAX all-reduce
+        (a device->host read).
 
     Candidates of query i (global index g = rank * b + i), in logit order:
       [own pos, own k negs] + (if any rank has in_batch) [all G positives, all G*k negatives]
@@ -107,7 +111,7 @@ def contrastive_loss(
             f"local batch {b} x world size {world} != global_batch_size {global_batch_size}"
         )
     device = q.device
-    use_in_batch = bool(in_batch.any())  # in_batch usually lives on the CPU: no device sync
+    use_in_batch = bool(in_batch.any()) if any_in_batch is None else any_in_batch
     in_batch = in_batch.to(device=device, dtype=torch.bool)
 
     qn = F.normalize(q.float(), dim=-1)  # [b, d]
@@ -121,7 +125,7 @@ def contrastive_loss(
     logits = [own_pos, own_neg]
     num_masked = torch.zeros((), dtype=torch.long, device=device)
 
-    if world > 1:  # every rank must take the same collective path
+    if world > 1 and any_in_batch is None:  # every rank must take the same collective path
         flag = torch.tensor([int(use_in_batch)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
         use_in_batch = bool(flag.item())

@@ -26,7 +26,7 @@ from nemo_nvembed.data.jsonl import Example
 from nemo_nvembed.data.sampler import GlobalBatchSampler
 from nemo_nvembed.data.tasks import TaskRegistry
 from nemo_nvembed.models.network import NVEmbedNetwork
-from nemo_nvembed.training.batches import BatchStream
+from nemo_nvembed.training.batches import BatchStream, ContrastiveBatch
 from nemo_nvembed.training.objective import ContrastiveObjective
 from nemo_nvembed.training.optim import build_optimizer, param_groups
 
@@ -86,6 +86,13 @@ class NVEmbedModel(ModelPT):
         d = self.data
         return BatchStream(d.examples, d.sampler, d.registry, self.network.text, d.train_cfg.data,
                            d.train_cfg.loss.in_batch_negatives, start=lambda: self.trainer.global_step)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        """Training batches stay on the host: the step plans chunks from host-side lengths and moves
+        each chunk (or pack) to the device itself, so planning never waits for the device."""
+        if isinstance(batch, ContrastiveBatch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def training_step(self, batch, batch_idx):
         if batch.step != self.trainer.global_step:

@@ -40,22 +40,21 @@ class ContrastiveObjective:
         d = d.view(b, 1 + k, -1)  # [b, 1+k, d]: positive then negatives
         group = distributed.dp_group() if distributed.dp_size() > 1 else None
         return contrastive_loss(
-            q, d[:, 0], d[:, 1:], temperature=self.cfg.loss.temperature, in_batch=batch.in_batch.to(q.device),
+            q, d[:, 0], d[:, 1:], temperature=self.cfg.loss.temperature, in_batch=batch.in_batch,
             pos_keys=batch.pos_keys, neg_keys=batch.neg_keys, global_batch_size=self.global_batch_size, group=group,
+            any_in_batch=batch.any_in_batch,
         )
 
     def step(self, model, batch: ContrastiveBatch):
         c = self.cfg.chunking
-        q_chunks, d_chunks = (chunking.plan_for(b.attention_mask, c) for b in (batch.queries, batch.docs))
-        counts = [chunking.token_counts(batch.queries.attention_mask, q_chunks),
-                  chunking.token_counts(batch.docs.attention_mask, d_chunks)]
+        q_chunks, d_chunks = (chunking.plan_for(b, c) for b in (batch.queries, batch.docs))
+        counts = [chunking.token_counts(batch.queries.lengths, q_chunks),
+                  chunking.token_counts(batch.docs.lengths, d_chunks)]
         self.tokens = {"real": sum(r for r, _ in counts), "padded": sum(p for _, p in counts)}
         self.truncated_texts += batch.queries.num_truncated + batch.docs.num_truncated
-        if c.grad_cache:
-            with torch.no_grad():
-                q = chunking.embed(model, batch.queries, q_chunks, self.seed, batch.step, 0)
-                d = chunking.embed(model, batch.docs, d_chunks, self.seed, batch.step, 1)
-            q, d = q.detach().float().requires_grad_(), d.detach().float().requires_grad_()
+        if c.grad_cache:  # the docs' last chunk keeps its graph (chunking.embed_cached)
+            q, q_leaves = chunking.embed_cached(model, batch.queries, q_chunks, self.seed, batch.step, 0, keep_last=False)
+            d, d_leaves = chunking.embed_cached(model, batch.docs, d_chunks, self.seed, batch.step, 1, keep_last=True)
         else:
             q = chunking.embed(model, batch.queries, q_chunks, self.seed, batch.step, 0)  # [b, d]
             d = chunking.embed(model, batch.docs, d_chunks, self.seed, batch.step, 1)  # [b*(1+k), d]
@@ -79,9 +78,9 @@ class ContrastiveObjective:
             return None, out  # no backward: gradients stay None and the optimizer leaves every weight as it is
         if not c.grad_cache:
             return out.loss, out
-        out.loss.backward()  # gradients w.r.t. the cached embeddings (through the cross-rank gather)
-        chunking.backward_chunks(model, batch.queries, q_chunks, q.grad, self.seed, batch.step, 0)
-        chunking.backward_chunks(model, batch.docs, d_chunks, d.grad, self.seed, batch.step, 1)
+        out.loss.backward()  # gradients w.r.t. the cached embeddings (through the cross-rank gather) and the kept chunk's weights
+        chunking.backward_chunks(model, batch.queries, q_chunks, q_leaves, self.seed, batch.step, 0)
+        chunking.backward_chunks(model, batch.docs, d_chunks, d_leaves, self.seed, batch.step, 1)
         return out.loss.detach(), out
 
 
