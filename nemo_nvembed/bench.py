@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pack-tokens", type=int, default=None, help="ours, packed: real tokens per chunk at most")
     p.add_argument("--recompute", choices=["none", "full", "selective"], default=None,
                    help="ours: megatron's activation recompute (default: the stage's model.recompute.granularity)")
+    p.add_argument("--fused-dropout", action=argparse.BooleanOptionalAction, default=True,
+                   help="ours: LoRA's keyed dropout as the compiled kernel a GPU runs, on CPU too (NVEMBED_FUSED_DROPOUT=1; "
+                        "--no-fused-dropout: CPU training's default eager ops)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)

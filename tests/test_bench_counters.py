@@ -133,3 +133,36 @@ def test_adamw_host_side_step_counters_are_not_syncs():
     with StepCounter(optimizer_host_tensors(opt)) as aware:
         opt.step()
     assert plain.host_syncs >= 1 and aware.host_syncs == 0
+
+
+def test_grad_cache_packed_step_costs(tokenizer_file, single_process, tmp_path):
+    """The paper's step shape (GradCache, dropout on) with packed chunks: at most 3 host syncs (measured:
+    1, the non-finite decision), no padding, and executed / model FLOPs <= 1.5 (the docs' last pack
+    keeps its graph, so only the other packs run twice)."""
+    from nemo_nvembed.benchmark import counters
+    from nemo_nvembed.data.jsonl import load_examples
+    from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.models.network import NVEmbedNetwork
+    from nemo_nvembed.training.batches import BatchStream
+    from nemo_nvembed.training.config import stage_train_config
+    from nemo_nvembed.training.objective import ContrastiveObjective
+
+    tasks = str(REPO / "conf" / "tasks.yaml")
+    data = tmp_path / "train.jsonl"
+    _uniform_examples(data, 8)
+    cfg = tiny_config(tokenizer_file, **{"lora.rank": 1, "lora.dropout": 0.1})
+    model = NVEmbedNetwork(cfg).train()
+    tcfg = stage_train_config("stage1", [f"train.data.path={data}", f"train.data.tasks={tasks}", "train.data.num_negatives=1",
+                                         "train.data.global_batch_size=8", "train.chunking.grad_cache=true",
+                                         "train.chunking.packed=true", "train.chunking.pack_tokens=64"])
+    registry = TaskRegistry.from_yaml(tasks)
+    exs = load_examples(data, registry, 1).examples
+    batch = BatchStream(exs, None, registry, model.text, tcfg.data, True, start=lambda: 0).collate(0, exs)
+    objective = ContrastiveObjective(tcfg, 8, seed=0)
+    out = counters.count_step(lambda: objective.step(model, batch), "cpu")
+    assert objective.tokens["real"] == objective.tokens["padded"]
+    lengths = [*batch.queries.lengths, *batch.docs.lengths]
+    ratio = out["executed_flops"] / counters.model_flops(cfg, lengths)
+    print(out, f"executed / model {ratio:.3f}")
+    assert out["host_syncs"] <= 3, out
+    assert ratio <= 1.5, ratio

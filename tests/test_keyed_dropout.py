@@ -190,3 +190,34 @@ def test_cuda_fused_dropout_equals_the_reference():
         (gx,) = torch.autograd.grad(y, x, torch.ones_like(x))
         keep = ref_keep(keys, s, f, p, salt, offset)
         assert torch.equal((y != 0).cpu(), keep) and torch.equal((gx != 0).cpu(), keep)
+
+
+def _packed_case(seed: int):
+    """A pack of sequences (lengths, keys) and the [t, 1, f] masks padding gives each of its tokens."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 12, (int(torch.randint(1, 5, (1,), generator=g)),), generator=g).tolist()
+    keys = torch.randint(0, 2**32, (len(lengths),), generator=g, dtype=torch.int64)
+    keys[0] = EDGE_KEYS[seed % len(EDGE_KEYS)]
+    segments = torch.tensor([i for i, n in enumerate(lengths) for _ in range(n)])
+    positions = torch.tensor([j for n in lengths for j in range(n)])
+    return lengths, keys, segments, positions
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor's CPU backend needs a C++ compiler")
+def test_compiled_packed_kernel_equals_the_padded_masks():
+    """The packed kernel CUDA runs (compiled here by inductor's C++ backend): every packed token gets
+    the mask its sequence's row gets padded, forward and backward, one operator per direction."""
+    torch._dynamo.reset()
+    f, p, salt, offset = 40, 0.3, EDGE_SALTS[4], 8
+    for seed in range(4):
+        lengths, keys, segments, positions = _packed_case(seed)
+        ks = kd._Keys(keys, segments, positions, max(lengths))
+        x = torch.randn(len(segments), 1, f, requires_grad=True)
+        y = kd._KeyedDropout.apply(x, ks.tokens_on(x.device), kd._ids(salt, offset, x.device), kd._threshold(p), p, True)
+        (gx,) = torch.autograd.grad(y, x, torch.ones_like(x))
+        padded = ref_keep(keys, max(lengths), f, p, salt, offset)  # [s, b, f]
+        keep = padded[positions, segments][:, None, :]  # [t, 1, f]
+        assert torch.equal(y != 0, keep) and torch.equal(gx != 0, keep), seed
+        eager = kd._KeyedDropout.apply(x, kd._row_hash(ks, salt, 0, x.device), kd._feat_hash(offset, f, x.device),
+                                       kd._threshold(p), p, False)
+        torch.testing.assert_close(y, eager, rtol=1e-6, atol=0)

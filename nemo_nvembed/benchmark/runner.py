@@ -63,7 +63,8 @@ def bench_config(args) -> dict:
     recompute = OmegaConf.to_container(_stage_model_recompute(args.stage))
     if args.recompute is not None:
         recompute["granularity"] = None if args.recompute == "none" else args.recompute
-    return {"stage": args.stage, "train": OmegaConf.to_container(train), "recompute": recompute}
+    return {"stage": args.stage, "train": OmegaConf.to_container(train), "recompute": recompute,
+            "fused_dropout": bool(getattr(args, "fused_dropout", False))}
 
 
 def _stage_model_recompute(stage: str):
@@ -224,7 +225,8 @@ def print_config(config: dict) -> None:
     t = config["train"]
     print(f"[bench] config: conf/{config['stage']}.yaml train + flags", flush=True)
     print("[bench]   train.chunking: " + " ".join(f"{k}={v}" for k, v in t["chunking"].items()), flush=True)
-    print(f"[bench]   model.recompute.granularity: {config['recompute']['granularity']}", flush=True)
+    print(f"[bench]   model.recompute.granularity: {config['recompute']['granularity']}; keyed dropout: "
+          f"{'compiled kernel (NVEMBED_FUSED_DROPOUT=1)' if config.get('fused_dropout') else 'eager on CPU'}", flush=True)
     print(f"[bench]   train.data: global_batch_size={t['data']['global_batch_size']} num_negatives="
           f"{t['data']['num_negatives']} query_max_length={t['data']['query_max_length']} doc_max_length="
           f"{t['data']['doc_max_length']}; train.loss.temperature={t['loss']['temperature']}", flush=True)
@@ -280,8 +282,9 @@ def compare(args) -> None:
         results, failed = [], []
         for system in args.systems.split(","):
             print(f"[bench] {system}: {args.warmup} warm-up + {args.steps} timed steps ...", flush=True)
+            env = {**os.environ, "NVEMBED_FUSED_DROPOUT": "1" if args.fused_dropout else "auto"}
             out = subprocess.run([sys.executable, "-m", "nemo_nvembed.bench", "--worker", json.dumps({**spec, "system": system})],
-                                 capture_output=True, text=True, cwd=REPO)
+                                 capture_output=True, text=True, cwd=REPO, env=env)
             line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
             if out.returncode != 0 or line is None:
                 why = ("killed by SIGKILL: out of memory" if out.returncode == -9

@@ -28,6 +28,7 @@ class Pack:
     pool_segment: torch.Tensor  # [p] int64: their sequences
     pool_count: torch.Tensor  # [n] float: pooled tokens per sequence
     positions_device: torch.Tensor | None = None  # positions on the device (RoPE); set by to()
+    _groups: "AttentionGroups | None" = None  # CPU attention's length groups (attention_groups)
 
     @property
     def num_sequences(self) -> int:
@@ -83,7 +84,15 @@ class Pack:
 
         params = PackedSeqParams(qkv_format="thd", max_seqlen_q=self.max_length, max_seqlen_kv=self.max_length)
         params.bounds, params.cu_seqlens_device = self.bounds, self.cu_seqlens
+        params.cpu_groups = self.attention_groups if self.input_ids.device.type == "cpu" else None
         return params
+
+    @property
+    def attention_groups(self) -> "AttentionGroups":
+        """CPU attention's length groups for this pack (:class:`AttentionGroups`), made once."""
+        if self._groups is None:
+            self._groups = AttentionGroups.of(self.bounds)
+        return self._groups
 
     def per_token_rope(self, rope: torch.nn.Module):
         """Within the block, megatron's rotary embedding returns [t, 1, dim]: the angles of each packed
@@ -127,3 +136,62 @@ class _PerTokenRope:
         del self.rope.forward  # the class's forward again
         return False
 
+
+
+GROUP_COST_TOKENS = 64  # CPU attention: one more SDPA call is worth this many padded query rows
+
+
+def cut_sorted(desc: list[int], size: int, cost: int, max_tokens: int = 0) -> list[int]:
+    """Boundaries cutting lengths sorted longest first into consecutive groups that minimise padded
+    tokens + ``cost`` x groups, with at most ``size`` items (0: no limit) and ``max_tokens`` padded
+    tokens (0: no limit; a single longer item is a group of its own) per group. O(n x size)."""
+    n = len(desc)
+    size = size or n
+    best, prev = [0] + [float("inf")] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(max(0, end - size), end):  # group = desc[start:end], padded to desc[start]
+            padded = (end - start) * desc[start]
+            if max_tokens and padded > max_tokens and end - start > 1:
+                continue
+            total = best[start] + padded + cost
+            if total < best[end]:
+                best[end], prev[end] = total, start
+    cuts = [n]
+    while cuts[-1]:
+        cuts.append(prev[cuts[-1]])
+    return cuts[::-1]
+
+
+@dataclass
+class AttentionGroups:
+    """CPU attention over a pack in a few padded SDPA calls instead of one per sequence: the pack's
+    sequences sorted by length and cut into groups (:func:`cut_sorted`, ``GROUP_COST_TOKENS``); group
+    g is gathered into ``[n_g, s_g]`` (``gather[g]``: the pack row of each slot, padding slots repeat
+    a real row and are masked as keys by ``key_mask[g]``), and ``scatter`` ([t]) picks every token's
+    output row back out of the groups' outputs stacked end to end. Attention still never crosses
+    sequences; CUDA uses one variable-length kernel instead (:mod:`sdpa_attention`)."""
+    gather: list[torch.Tensor]  # per group [n_g * s_g] int64 pack rows
+    key_mask: list[torch.Tensor]  # per group [n_g, 1, 1, s_g] bool, True = a real key
+    shapes: list[tuple[int, int]]  # per group (n_g, s_g)
+    scatter: torch.Tensor  # [t] int64 rows of the stacked group outputs
+
+    @classmethod
+    def of(cls, bounds: list[int]) -> "AttentionGroups":
+        lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        cuts = cut_sorted([lengths[i] for i in order], 0, GROUP_COST_TOKENS)
+        gather, key_mask, shapes, where, base = [], [], [], [0] * bounds[-1], 0
+        for a, b in zip(cuts, cuts[1:]):
+            seqs, s = order[a:b], lengths[order[a]]
+            rows, mask = [], []
+            for slot, i in enumerate(seqs):
+                n = lengths[i]
+                rows += [bounds[i] + min(j, n - 1) for j in range(s)]
+                mask.append([j < n for j in range(s)])
+                for j in range(n):
+                    where[bounds[i] + j] = base + slot * s + j
+            gather.append(torch.tensor(rows, dtype=torch.int64))
+            key_mask.append(torch.tensor(mask).view(len(seqs), 1, 1, s))
+            shapes.append((len(seqs), s))
+            base += len(seqs) * s
+        return cls(gather, key_mask, shapes, torch.tensor(where, dtype=torch.int64))

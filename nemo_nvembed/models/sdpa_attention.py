@@ -10,8 +10,9 @@ Padded (``[s, b, heads, hn]``, a padding mask): one ``scaled_dot_product_attenti
 Packed (megatron's THD format, ``packed_seq_params.qkv_format == "thd"``: ``[t, heads, hn]``, the
 sequences end to end, ``cu_seqlens`` their boundaries): every sequence attends within itself only,
 never across. On CUDA one variable-length flash-attention call (``torch.nn.attention.varlen``); on
-CPU one SDPA call per sequence (exact FLOPs: no score is computed across sequences). The two are the
-same maths; tests compare packed with padded on CPU.
+CPU a few padded SDPA calls over length groups of the pack's sequences (models/packing.AttentionGroups:
+padding only inside the attention, keys masked) or, causal, one call per sequence. The same maths;
+tests compare packed with padded on CPU.
 """
 from __future__ import annotations
 
@@ -59,6 +60,16 @@ class SDPACoreAttention(MegatronModule):
                                params.max_seqlen_kv, scale=self.softmax_scale,
                                window_size=(-1, 0) if causal else (-1, -1),
                                enable_gqa=key.shape[1] != query.shape[1])  # [t, np, hn]
+        groups = getattr(params, "cpu_groups", None)
+        if groups is not None and not causal:  # a few padded calls (models/packing.AttentionGroups)
+            outs = []
+            for rows, mask, (n, s) in zip(groups.gather, groups.key_mask, groups.shapes):
+                q, k, v = (t.index_select(0, rows).view(n, s, *t.shape[1:]).transpose(1, 2)
+                           for t in (query, key, value))  # [n_g, heads, s_g, hn]
+                k, v = _expand_groups(q, k, v)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale)  # [n_g, np, s_g, hn]
+                outs.append(o.transpose(1, 2).reshape(n * s, *o.shape[1:2], o.shape[3]))  # [n_g * s_g, np, hn]
+            return torch.cat(outs).index_select(0, groups.scatter)  # [t, np, hn]
         outs = []
         bounds = params.bounds  # host copy of cu_seqlens (models/network.py): no device sync per layer
         for a, b in zip(bounds[:-1], bounds[1:]):

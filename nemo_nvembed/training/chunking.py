@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from nemo_nvembed.models import keyed_dropout
-from nemo_nvembed.models.packing import Pack
+from nemo_nvembed.models.packing import Pack, cut_sorted
 from nemo_nvembed.parallel import distributed
 
 
@@ -90,21 +90,8 @@ def plan(lengths: list[int], chunk_size: int, length_aware: bool, chunk_cost_tok
 def _cuts(desc: list[int], size: int, cost: int, max_tokens: int) -> list[int]:
     """Chunk boundaries over lengths sorted longest first: minimise padded tokens + cost x chunks,
     at most ``size`` sequences and ``max_tokens`` padded tokens (0: no limit) per chunk; a single
-    sequence longer than ``max_tokens`` is a chunk of its own. O(n x size)."""
-    n = len(desc)
-    best, prev = [0] + [float("inf")] * n, [0] * (n + 1)
-    for end in range(1, n + 1):
-        for start in range(max(0, end - size), end):  # chunk = desc[start:end], padded to desc[start]
-            padded = (end - start) * desc[start]
-            if max_tokens and padded > max_tokens and end - start > 1:
-                continue
-            total = best[start] + padded + cost
-            if total < best[end]:
-                best[end], prev[end] = total, start
-    cuts = [n]
-    while cuts[-1]:
-        cuts.append(prev[cuts[-1]])
-    return cuts[::-1]
+    sequence longer than ``max_tokens`` is a chunk of its own (:func:`models.packing.cut_sorted`)."""
+    return cut_sorted(desc, size, cost, max_tokens)
 
 
 def token_counts(lengths: list[int], chunks: list[Chunk]) -> tuple[int, int]:
