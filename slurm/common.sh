@@ -102,6 +102,11 @@ nvembed_train() {
     local recorded=""
     if [ -s "$NVEMBED_EXIT_STATUS_FILE" ]; then
         recorded=$(cut -d' ' -f1 "$NVEMBED_EXIT_STATUS_FILE" | sort -n | uniq | tr '\n' ' ')
+        # Rank 0 prints a stop's error: line; one that only other ranks found (a file missing on their
+        # node) is printed here, the first recorded, naming its rank and host.
+        if ! grep -q '^[0-9]* rank 0: ' "$NVEMBED_EXIT_STATUS_FILE"; then
+            grep -m1 '^[0-9]* rank [0-9]*: error: ' "$NVEMBED_EXIT_STATUS_FILE" | sed 's/^[0-9]* rank [0-9]*: //' >&2 || true
+        fi
     fi
     local why
     case " $recorded" in

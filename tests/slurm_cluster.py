@@ -47,8 +47,9 @@ def _install() -> str | None:
 
 
 # A requeued job waits cred_expire (default 120 s) before it may start again, and the scheduler looks
-# every sched_interval / bf_interval (60 / 30 s): short here so that the requeue tests take seconds,
-# not minutes, of waiting. A cluster's own values add to the fault -> resumed times measured here.
+# every sched_interval / bf_interval (60 / 30 s); a node that stops answering is declared DOWN after
+# SlurmdTimeout (default 300 s): short here so that the requeue tests take seconds, not minutes, of
+# waiting. A cluster's own values add to the fault -> resumed times measured here.
 def _config(host: str, cpus: int, two_nodes: bool) -> str:
     ctl = f"{host}({CTL_ADDR})" if two_nodes else host
     extra = "".join(f"NodeName={n} NodeAddr={a} NodeHostname={n} CPUs=1 RealMemory=4000 State=UNKNOWN\n"
@@ -72,7 +73,7 @@ SelectTypeParameters=CR_CPU
 JobRequeue=1
 ReturnToService=2
 SlurmctldTimeout=30
-SlurmdTimeout=30
+SlurmdTimeout=10
 KillWait=10
 MinJobAge=600
 StateSaveLocation={ROOT}/state
@@ -114,14 +115,31 @@ def _namespaces() -> str | None:
     return None
 
 
-def _start_node_slurmds(conf: Path) -> None:
+def _start_node_slurmds(conf: Path, nodes=tuple(NODES)) -> None:
     """One slurmd per node, each in its namespaces (network, hostname, /etc/hosts)."""
-    for n in NODES:
+    for n in nodes:
         (ROOT / "spool" / n).mkdir(parents=True, exist_ok=True)
         inner = f"hostname {n} && mount --bind {ROOT / 'hosts'} /etc/hosts && exec slurmd -N {n} -f {conf}"
         # nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup tree slurmd needs
         _sh(f"nsenter --net=/run/netns/nvembed-{n} unshare --uts --mount --propagation private sh -c '{inner}'",
             timeout=60)
+
+
+def kill_node(name: str) -> list[int]:
+    """A node lost at once: SIGKILL every process in its network namespace (its slurmd, the job's
+    slurmstepd and tasks) together; -> their pids. :func:`start_node` brings it back."""
+    pids = [int(p) for p in _sh(f"ip netns pids nvembed-{name}", timeout=10).stdout.split()]
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def start_node(name: str) -> None:
+    """A fresh slurmd for the node (as after a reboot); Slurm takes it back (ReturnToService=2)."""
+    _start_node_slurmds(ROOT / "slurm.conf", (name,))
 
 
 def start_slurm() -> str | None:
@@ -196,6 +214,11 @@ def wait_job(job_id: str, timeout: float = 900) -> str:
             return state
         time.sleep(1)
     raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
+
+
+def node_state(name: str) -> str:
+    """Slurm's state of a node: idle, alloc, down* (``*``: not responding), ..."""
+    return _sh(f"sinfo -h -N -n {name} -o %T", timeout=20).stdout.strip()
 
 
 def job_state(job_id: str) -> tuple[str | None, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from slurm_cluster import job_state, slurm, slurm_two_nodes, wait_job  # noqa: F401  (fixtures)
+from slurm_cluster import job_state, node_state, slurm, slurm_two_nodes, wait_job  # noqa: F401  (fixtures)
 from test_training import TASKS, assert_same_nemo_weights, last_trace, tiny_base, write_examples  # noqa: F401
 
 SBATCH_CPU = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=30"]
@@ -66,52 +66,6 @@ def test_stage1_then_stage2_with_afterok(slurm, tmp_path, tiny_base):
     assert "stage stage2 finished" in log2
 
 
-def test_two_nodes_equal_one_node_through_a_preemption(slurm_two_nodes, tmp_path, tiny_base):
-    """``sbatch --nodes 2 launch/stage1.sh``: data-parallel over two hosts (their own hostnames and
-    addresses), rendezvous from the allocation; USR1 mid-run checkpoints and requeues it, and the
-    resumed two-node job ends bit-equal to an uninterrupted one-node run of the same world size
-    (so equal to an uninterrupted two-node run too). Both jobs run at once. This is also the test of
-    preemption on one node: the same launch script, signal handler, requeue and resume, with the
-    rendezvous over two hosts on top (a separate one-node copy took 3 of make test's 20 minutes)."""
-    start = time.time()
-    data = tmp_path / "train.jsonl"
-    write_examples(data, n=64)
-    steps = 30
-    heavier = ["train.data.global_batch_size=16", "train.data.doc_max_length=64"]  # slower steps: time to signal
-    one, two = tmp_path / "one_node", tmp_path / "two_nodes"
-    one.mkdir()
-    two.mkdir()
-    # One thread per process in both: otherwise Lightning gives each process cpus // tasks-per-node
-    # threads (1 on one node, 2 on each of two), and fp32 matmuls sum in another order (~3e-8).
-    jid1 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), one, OMP_NUM_THREADS="1")
-    jid2 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, heavier), two, resources=SBATCH_TWO_NODES,
-                  OMP_NUM_THREADS="1")
-    trace = two / "stage1" / "samples" / "rank0.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (trace.exists() and len(trace.read_text().splitlines()) >= 6):
-        time.sleep(0.2)
-    assert trace.exists(), job_log(two, jid2)[-3000:]
-    subprocess.run(["scancel", "--signal=USR1", jid2], check=True)
-    assert wait_job(jid1, timeout=600) == "COMPLETED", job_log(one, jid1)[-3000:]
-    assert wait_job(jid2, timeout=600) == "COMPLETED", job_log(two, jid2)[-4000:]
-    state, restarts = job_state(jid2)
-    log = job_log(two, jid2)
-    assert restarts >= 1 and "requeueing job" in log, log[-4000:]
-    assert "[preemption] signal received: saved a checkpoint" in log
-    assert "on 2 node(s), 2 task(s); master nvnode1:" in log, log[-3000:]
-    resolved = (two / "stage1" / "resolved_config.yaml").read_text()
-    assert "num_nodes: 2" in resolved and "devices: 1" in resolved, resolved
-    # The run folder also holds what launched it: the batch script and the process command.
-    assert "nvembed_train stage1" in (two / "stage1" / "sbatch_script.sh").read_text()
-    launch = json.loads((two / "stage1" / "launch.json").read_text())
-    assert launch["launcher"] == "slurm" and launch["slurm_job_id"] == str(jid2), launch
-    assert "nemo_nvembed.train" in (two / "stage1" / "launch_command.sh").read_text()
-
-    assert_same_nemo_weights(one / "stage1" / "stage1.nemo", two / "stage1" / "stage1.nemo")
-    assert last_trace(one / "stage1") == last_trace(two / "stage1")
-    print(f"\n[two nodes] one-node + preempted two-node jobs: {time.time() - start:.0f}s")
-
-
 def test_hydra_multirun_sweep_through_submitit(slurm, tmp_path, tiny_base):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is a test dependency")
     data = tmp_path / "train.jsonl"
@@ -153,84 +107,146 @@ def test_dockerfile_matches_pyproject():
         assert f"COPY {src}" in text
 
 
-def test_hung_rank_then_failed_task_on_two_nodes_requeue_and_resume_bit_equal(slurm_two_nodes, tmp_path, tiny_base):
-    """SIGSTOP rank 1 (on nvnode2) mid-run: rank 0's watchdog ends the step with exit 75 within
-    train.watchdog_s + slack, slurm/common.sh requeues the job (restarts.log and the job log say why),
-    the restart resumes from the newest verified checkpoint and the final weights and sample order
-    equal an uninterrupted one-node run's, bit for bit. Once the restart trains, rank 1's worker is
-    SIGKILLed (a failed task; a lost node ends srun the same way): srun exits non-zero with no status
-    recorded, the job is requeued a second time ("a task failed or a node was lost") and still ends
-    bit-equal."""
+def test_two_nodes_through_a_preemption_a_hung_rank_and_a_lost_node_end_bit_equal(slurm_two_nodes, tmp_path, tiny_base):
+    """``sbatch --nodes 2 launch/stage1.sh`` (data-parallel over two hosts, their own hostnames and
+    addresses, rendezvous from the allocation) through three faults, one after another in the same job,
+    each once the previous restart trains:
+
+    1. USR1 (Slurm's warning before a time limit or preemption): a checkpoint at the next step, the
+       PREEMPTED marker, slurm/common.sh requeues the job;
+    2. SIGSTOP of rank 1 (on nvnode2; a hung rank): rank 0's watchdog ends the step with exit 75 within
+       train.watchdog_s + slack, common.sh requeues the job (restarts.log and the job log say why);
+    3. nvnode2 lost whole: every process in its namespace (slurmd, slurmstepd, the task) SIGKILLed at
+       once, then a fresh slurmd started (a node that reboots): srun exits non-zero with no status
+       recorded, common.sh requeues the job ("a task failed or a node was lost").
+
+    Each restart resumes from the newest verified checkpoint and the final weights and sample order
+    equal an uninterrupted one-node run's of the same world size, bit for bit (so an uninterrupted
+    two-node run's too). Both jobs run at once. This is also the test of preemption and of a failed task
+    on one node: the same launch script, signal handler, requeue and resume (separate one-node copies
+    took minutes of make test's 20)."""
+    from slurm_cluster import kill_node, start_node
     from test_stops import rank_pid
 
+    start = time.time()
     watchdog_s, slack_s = 20, 40  # slurmstepd SIGKILLs the stopped task KillWait (10 s) after the SIGTERM
     data = tmp_path / "train.jsonl"
     write_examples(data, n=64)
-    steps = 20
+    steps = 24
     extra = [f"train.watchdog_s={watchdog_s}", "parallel.collective_timeout_s=300"]
     one, two = tmp_path / "one_node", tmp_path / "two_nodes"
     one.mkdir()
     two.mkdir()
+    # One thread per process in both: otherwise Lightning gives each process cpus // tasks-per-node
+    # threads (1 on one node, 2 on each of two), and fp32 matmuls sum in another order (~3e-8).
     jid1 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, extra), one, OMP_NUM_THREADS="1")
     jid2 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, extra), two, resources=SBATCH_TWO_NODES,
                   OMP_NUM_THREADS="1")
     trace = two / "stage1" / "samples" / "rank0.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (trace.exists() and len(trace.read_text().splitlines()) >= 7):
-        time.sleep(0.2)
-    assert trace.exists(), job_log(two, jid2)[-3000:]
-    os.kill(rank_pid(two, 1), signal.SIGSTOP)
-    stopped = time.time()
     restarts_log = two / "stage1" / "faults" / "restarts.log"
 
-    def seconds_until(cond, limit=600):
-        while time.time() < stopped + limit and not cond():
+    def traced() -> int:
+        return len(trace.read_text().splitlines()) if trace.exists() else 0
+
+    def seconds_until(cond, since, limit=300):
+        while time.time() < since + limit and not cond():
             time.sleep(0.2)
-        return time.time() - stopped if cond() else None
+        return time.time() - since if cond() else None
 
-    requeued = seconds_until(restarts_log.exists)
-    restarted = seconds_until(lambda: "(restart 1)" in job_log(two, jid2))
-    traced = len(trace.read_text().splitlines())  # the restart appends from its resume step on
-    resumed = seconds_until(lambda: len(trace.read_text().splitlines()) > traced)
-    assert requeued is not None and requeued < watchdog_s + slack_s, (requeued, job_log(two, jid2)[-4000:])
-    assert resumed is not None, job_log(two, jid2)[-4000:]
+    def fault_then_resume(fault, restart: int, requeued_when) -> dict:
+        """Provoke ``fault`` once the job has traced 2 steps since its last (re)start; -> seconds from the
+        fault to the requeue, to Slurm starting the job again and to its first resumed step."""
+        seen = traced()
+        assert seconds_until(lambda: traced() >= seen + 2, time.time()) is not None, job_log(two, jid2)[-4000:]
+        t0 = time.time()
+        fault()
+        times = {"requeued": seconds_until(requeued_when, t0), "restarted": seconds_until(
+            lambda: f"(restart {restart})" in job_log(two, jid2), t0)}
+        after = traced()  # the restart appends from its resume step on
+        times["resumed"] = seconds_until(lambda: traced() > after, t0)
+        assert None not in times.values(), (times, job_log(two, jid2)[-4000:])
+        return times
 
-    # A failed task in the restarted job: SIGKILL rank 1's (new) worker.
-    os.kill(rank_pid(two, 1), signal.SIGKILL)
-    stopped = time.time()
-    requeued2 = seconds_until(lambda: len(restarts_log.read_text().splitlines()) >= 2, 300)
-    restarted2 = seconds_until(lambda: "(restart 2)" in job_log(two, jid2), 300)
-    traced = len(trace.read_text().splitlines())
-    resumed2 = seconds_until(lambda: len(trace.read_text().splitlines()) > traced, 300)
-    assert requeued2 is not None and resumed2 is not None, job_log(two, jid2)[-4000:]
+    assert seconds_until(lambda: traced() >= 4, time.time()) is not None, job_log(two, jid2)[-3000:]
+    preempt = fault_then_resume(lambda: subprocess.run(["scancel", "--signal=USR1", jid2], check=True), 1,
+                                lambda: "stopped at a checkpoint after a signal" in job_log(two, jid2))
+    hung = fault_then_resume(lambda: os.kill(rank_pid(two, 1), signal.SIGSTOP), 2, restarts_log.exists)
+    assert hung["requeued"] < watchdog_s + slack_s, (hung, job_log(two, jid2)[-4000:])
+
+    down = {}
+
+    def lose_node():
+        """The node stays dead until Slurm declares it DOWN (SlurmdTimeout), then boots again: a slurmd back
+        sooner is asked about a step it never ran, and srun waits for the lost task until the time limit."""
+        assert rank_pid(two, 1)  # the task runs on nvnode2
+        assert kill_node("nvnode2"), "no process in nvnode2's namespace"
+        t0 = time.time()
+        down["s"] = seconds_until(lambda: node_state("nvnode2").startswith("down"), t0, 120)
+        assert down["s"] is not None, (node_state("nvnode2"), job_log(two, jid2)[-3000:])
+        start_node("nvnode2")
+    lost = fault_then_resume(lose_node, 3, lambda: job_state(jid2)[1] >= 3)
+    lost = {"declared down": down["s"], **lost}
+
     assert wait_job(jid1, timeout=600) == "COMPLETED", job_log(one, jid1)[-3000:]
     assert wait_job(jid2, timeout=600) == "COMPLETED", job_log(two, jid2)[-4000:]
     _, restarts = job_state(jid2)
     log = job_log(two, jid2)
-    assert restarts == 2 and "made no progress for train.watchdog_s (exit 75" in log, log[-4000:]
-    assert "restart 1 of 3: requeueing job" in log and "restart 2 of 3: requeueing job" in log, log[-4000:]
-    assert "a task failed or a node was lost (srun exit" in log, log[-4000:]
-    assert f"job {jid2} status" in restarts_log.read_text()
+    assert restarts == 3, log[-4000:]  # USR1, the hung rank, the lost node
+    assert "[preemption] signal received: saved a checkpoint" in log
+    assert "made no progress for train.watchdog_s (exit 75" in log, log[-4000:]
+    # The hung rank is counted against NVEMBED_MAX_RESTARTS (3), the preemption is not; the lost node
+    # is Slurm's own requeue (NODE_FAIL, --requeue): it cancels the batch script with the job.
+    assert "restart 1 of 3: requeueing job" in log and "restart 2 of 3" not in log, log[-4000:]
+    faults = restarts_log.read_text().splitlines()
+    assert len(faults) == 1 and f"job {jid2} status" in faults[0] and "(exit 75" in faults[0], faults
+    assert "DUE TO NODE FAILURE" in log and "srun: error: Node failure on nvnode2" in log, log[-4000:]
     assert list((two / "stage1").glob("run_*/hang_rank0.txt")), "the rank that waited left its stacks"
-    assert len(restarts_log.read_text().splitlines()) == 2
+    assert "on 2 node(s), 2 task(s); master nvnode1:" in log, log[-3000:]
+    resolved = (two / "stage1" / "resolved_config.yaml").read_text()
+    assert "num_nodes: 2" in resolved and "devices: 1" in resolved, resolved
+    # The run folder also holds what launched it: the batch script and the process command.
+    assert "nvembed_train stage1" in (two / "stage1" / "sbatch_script.sh").read_text()
+    launch = json.loads((two / "stage1" / "launch.json").read_text())
+    assert launch["launcher"] == "slurm" and launch["slurm_job_id"] == str(jid2), launch
+    assert "nemo_nvembed.train" in (two / "stage1" / "launch_command.sh").read_text()
+
     assert_same_nemo_weights(one / "stage1" / "stage1.nemo", two / "stage1" / "stage1.nemo")
     assert last_trace(one / "stage1") == last_trace(two / "stage1")
-    print(f"\n[hung rank] SIGSTOP -> requeued {requeued:.0f} s, -> restarted by Slurm {restarted:.0f} s, "
-          f"-> first resumed step {resumed:.0f} s (train.watchdog_s={watchdog_s}); SIGKILL of a task -> requeued "
-          f"{requeued2:.0f} s, -> restarted {restarted2:.0f} s, -> first resumed step {resumed2:.0f} s")
+    fmt = lambda t: ", ".join(f"{k} {v:.0f} s" for k, v in t.items())  # noqa: E731
+    print(f"\n[two nodes] USR1 -> {fmt(preempt)}\n[two nodes] SIGSTOP of rank 1 -> {fmt(hung)} "
+          f"(train.watchdog_s={watchdog_s})\n[two nodes] nvnode2 killed whole and restarted -> {fmt(lost)}\n"
+          f"[two nodes] both jobs: {time.time() - start:.0f} s")
 
 
-def test_user_error_in_a_batch_job_is_one_line_and_not_requeued(slurm, tmp_path, tiny_base):
-    """global_batch_size 3 on 2 tasks: both tasks refuse, rank 0 prints one error: line (srun then
-    kills the other task, so srun exits 143: the recorded status 2 decides), the job fails, no requeue."""
-    data = tmp_path / "train.jsonl"
-    write_examples(data)
+@pytest.mark.parametrize("case", ["both ranks find it", "only rank 1 finds it"])
+def test_user_error_in_a_batch_job_is_one_line_and_not_requeued(case, slurm, tmp_path, tiny_base, request):
+    """Both ranks find it (global_batch_size 3 on 2 tasks, one node): rank 0 prints the one error: line.
+    Only rank 1 finds it (two nodes; the data file hidden from nvnode2 by an empty tmpfs mounted over its
+    folder in that node's mount namespace, as a node-local disk lacking it): rank 0 passes and waits at
+    the rendezvous, rank 1 refuses, and slurm/common.sh prints rank 1's recorded line. Either way srun
+    then kills the other task, so srun exits 143: the recorded status 2 decides; the job fails, no requeue."""
     out = tmp_path / "out"
     out.mkdir()
-    jid = sbatch("launch/stage1.sh", overrides(data, 4, tiny_base, ["train.data.global_batch_size=3"]), out)
+    data = tmp_path / "node_local" / "train.jsonl"
+    data.parent.mkdir()
+    write_examples(data)
+    if case == "both ranks find it":
+        jid = sbatch("launch/stage1.sh", overrides(data, 4, tiny_base, ["train.data.global_batch_size=3"]), out)
+        expected = "global_batch_size=3 is not divisible by the data-parallel size 2"
+    else:
+        request.getfixturevalue("slurm_two_nodes")
+        slurmd = (slurm / "slurmd-nvnode2.pid").read_text().strip()
+        in_node = ["nsenter", f"--mount=/proc/{slurmd}/ns/mnt"]
+        subprocess.run([*in_node, "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(data.parent)], check=True)
+        try:
+            jid = sbatch("launch/stage1.sh", overrides(data, 4, tiny_base), out, resources=SBATCH_TWO_NODES)
+            wait_job(jid, timeout=300)  # the tmpfs stays until the job has ended
+        finally:
+            subprocess.run([*in_node, "umount", str(data.parent)], check=True)
+        expected = f"error: {data}: training data file not found (rank 1 on nvnode2)"
     assert wait_job(jid, timeout=300) == "FAILED", job_log(out, jid)[-3000:]
     log = job_log(out, jid)
     errors = [line for line in log.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "global_batch_size=3 is not divisible by the data-parallel size 2" in errors[0], log[-3000:]
+    assert len(errors) == 1 and expected in errors[0], log[-3000:]
     assert "Traceback" not in log and "not requeued" in log, log[-3000:]
     assert job_state(jid)[1] == 0 and not (out / "stage1" / "faults" / "restarts.log").exists()
