@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fused-dropout", action=argparse.BooleanOptionalAction, default=True,
                    help="ours: LoRA's keyed dropout as the compiled kernel a GPU runs, on CPU too (NVEMBED_FUSED_DROPOUT=1; "
                         "--no-fused-dropout: CPU training's default eager ops)")
+    p.add_argument("--dry", action="store_true",
+                   help="ours only, on the meta device: the cost counters at any shape without running the step, and "
+                        "the MFU they bound at --peak-tflops (default 989: H100 bf16) (benchmark/dry.py)")
+    p.add_argument("--host-us-per-call", type=float, default=10.0,
+                   help="--dry: host time per dispatched operator (eager launch cost) for the launch bound")
+    p.add_argument("--hbm-tbps", type=float, default=3.35, help="--dry: GPU memory bandwidth, TB/s (H100 SXM: 3.35)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)

@@ -153,6 +153,10 @@ def worker(spec: dict) -> dict:
     tcfg = validate_train_config(OmegaConf.create(spec["train"]), source="bench config")
     batch = fold_ids(BatchStream(exs, None, registry, text, tcfg.data, True, start=lambda: 0).collate(0, exs),
                      cfg.backbone.vocab_size)
+    if spec.get("dry"):  # counters on the meta device, nothing run (benchmark/dry.py)
+        from nemo_nvembed.benchmark.dry import dry_worker
+
+        return dry_worker(spec, cfg, registry, exs, text, tcfg, batch)
     amp = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
     k = spec["negatives"]
 
@@ -260,6 +264,44 @@ def _tokenizer_file(tmp: Path) -> str:
     return str(path)
 
 
+def _spec(args, config: dict, data, tmp: Path) -> dict:
+    return {"model": args.model, "layers": args.layers, "tokenizer": args.tokenizer or _tokenizer_file(tmp),
+            "data": str(data), "queries": args.queries, "negatives": config["train"]["data"]["num_negatives"],
+            "train": config["train"], "recompute": config["recompute"], "fused_dropout": args.fused_dropout,
+            "step_memory": not args.no_step_memory, "precision": args.precision, "warmup": args.warmup,
+            "steps": args.steps, "dry": args.dry}
+
+
+def _compare_dry(args, data, tmp: Path) -> None:
+    """``--dry``: our step's counters on the meta device and the MFU they bound at ``--peak-tflops``."""
+    from nemo_nvembed.benchmark.dry import mfu_bounds
+
+    config = bench_config(argparse.Namespace(**{**vars(args), "data": str(data)}))
+    print_config(config)
+    spec = {**_spec(args, config, data, tmp), "system": "ours"}
+    print(f"[bench] ours: one step on the meta device (dry) ...", flush=True)
+    out = subprocess.run([sys.executable, "-m", "nemo_nvembed.bench", "--worker", json.dumps(spec)],
+                         capture_output=True, text=True, cwd=REPO)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"the dry step failed (exit {out.returncode}: {_error_line(out.stderr)}):\n{_tail(out.stderr)}")
+    r = json.loads(line.split(" ", 1)[1])
+    peak = args.peak_tflops or 989.0  # H100 SXM dense bf16
+    r.update(mfu_bounds(r, peak, args.host_us_per_call, args.hbm_tbps))
+    print(f"\nmodel {args.model}{f' ({args.layers} layers)' if args.layers else ''}, dry (meta device), "
+          f"{args.queries} queries x (1 + {config['train']['data']['num_negatives']}) passages, {r['tokens_real']:,} real tokens")
+    header = ["system", "padding", "model TFLOP", "executed / model", "aten calls", "host syncs", "non-matmul B/token",
+              f"compute s at {peak:.0f} TFLOP/s", f"non-matmul s at {args.hbm_tbps:g} TB/s",
+              f"launch s at {args.host_us_per_call:g} us/call", "MFU bound"]
+    row = [r["system"], f"{100 * r['padding_waste']:.1f}%", f"{r['model_flops'] / 1e12:.1f}",
+           f"{r['executed_flops'] / r['model_flops']:.3f}", f"{r['aten_calls']:,}", f"{r['host_syncs']:,}",
+           f"{r['nonmatmul_bytes_per_token']:,.0f}", f"{r['compute_s_at_peak']:.2f}", f"{r['memory_s']:.2f}", f"{r['launch_s']:.2f}",
+           f"{100 * r['mfu_bound']:.1f}%"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n| " + " | ".join(row) + " |")
+    Path(args.out).write_text(json.dumps({"args": vars(args), "config": config, "dry": True, "results": [r]}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
 def compare(args) -> None:
     """``python -m nemo_nvembed.bench`` with its parsed arguments: every system in its own worker process."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,13 +314,12 @@ def compare(args) -> None:
                                check=True, capture_output=True)
                 data = tmp / "data" / "stage1.jsonl"
         device = "cuda" if cpu_compat.cuda_available() else "cpu"
+        if args.dry:
+            return _compare_dry(args, data, tmp)
         peak = args.peak_tflops or measure_peak_tflops(device)
         config = bench_config(argparse.Namespace(**{**vars(args), "data": str(data)}))
         print_config(config)
-        spec = {"model": args.model, "layers": args.layers, "tokenizer": args.tokenizer or _tokenizer_file(tmp),
-                "data": str(data), "queries": args.queries, "negatives": config["train"]["data"]["num_negatives"],
-                "train": config["train"], "recompute": config["recompute"],
-                "step_memory": not args.no_step_memory, "precision": args.precision, "warmup": args.warmup, "steps": args.steps}
+        spec = _spec(args, config, data, tmp)
         results, failed = [], []
         for system in args.systems.split(","):
             print(f"[bench] {system}: {args.warmup} warm-up + {args.steps} timed steps ...", flush=True)

@@ -65,15 +65,17 @@ class _LoRAHook:
             xd = keyed_dropout.dropout(x, self.p, module.training, self.salt)  # same mask on all TP ranks
             a = torch.nn.functional.linear(xd, A)  # [s, b, r], same on all TP ranks
             a = copy_to_tensor_model_parallel_region(a)
-            delta = torch.nn.functional.linear(a, B)  # [s, b, out/tp]
+            delta = torch.nn.functional.linear(a * self.scale, B)  # [s, b, out/tp]
         else:
             # x is split on features: this rank's slice of the full-layout mask
             xd = keyed_dropout.dropout(x, self.p, module.training, self.salt, feature_offset=_tp_rank() * x.shape[-1])
             a = reduce_from_tensor_model_parallel_region(torch.nn.functional.linear(xd, A))  # [s, b, r]
-            delta = torch.nn.functional.linear(a, B)  # [s, b, out]
+            delta = torch.nn.functional.linear(a * self.scale, B)  # [s, b, out]
             if self.sequence_parallel:
                 delta = scatter_to_sequence_parallel_region(delta)
-        return out + self.scale * delta.to(out.dtype), bias
+        # alpha / r scales the rank-r activations, not the full-width output: one full-width write fewer
+        # forward and backward (the same values when the scale is a power of two, as 32 / 16 is)
+        return out + delta.to(out.dtype), bias
 
 
 def _tp_rank() -> int:

@@ -64,12 +64,13 @@ class SDPACoreAttention(MegatronModule):
         if groups is not None and not causal:  # a few padded calls (models/packing.AttentionGroups)
             outs = []
             for rows, mask, (n, s) in zip(groups.gather, groups.key_mask, groups.shapes):
+                rows, mask = rows.to(query.device), mask.to(query.device)  # CPU: no-ops; meta (bench --dry)
                 q, k, v = (t.index_select(0, rows).view(n, s, *t.shape[1:]).transpose(1, 2)
                            for t in (query, key, value))  # [n_g, heads, s_g, hn]
                 k, v = _expand_groups(q, k, v)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale)  # [n_g, np, s_g, hn]
                 outs.append(o.transpose(1, 2).reshape(n * s, *o.shape[1:2], o.shape[3]))  # [n_g * s_g, np, hn]
-            return torch.cat(outs).index_select(0, groups.scatter)  # [t, np, hn]
+            return torch.cat(outs).index_select(0, groups.scatter.to(query.device))  # [t, np, hn]
         outs = []
         bounds = params.bounds  # host copy of cu_seqlens (models/network.py): no device sync per layer
         for a, b in zip(bounds[:-1], bounds[1:]):
