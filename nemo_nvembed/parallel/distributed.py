@@ -234,9 +234,10 @@ def decided_on_rank0(decide):
 def launch_local_workers(nproc: int, module: str, args: list[str]) -> int:
     """``torchrun --nproc-per-node nproc -m module args`` through torch's own launcher, in this process,
     without its failure banner: a worker that failed has printed its own ``error:`` line (or its
-    traceback), so this returns the first failed worker's exit status (128 + signal when killed) or 0.
-    Rank 0 prints a stop's line; a line only another rank recorded (:func:`unreported_error`) is printed
-    here, so a refusal that only rank 1 found is not lost."""
+    traceback), so this returns the status the lowest rank recorded (:func:`record_exit_status`), else
+    the first failed worker's exit status (128 + signal when killed), or 0: the others are often ended by
+    torchrun's SIGTERM (143) once one has stopped. Rank 0 prints a stop's line; a line only another rank
+    recorded (:func:`unreported_error`) is printed here, so a refusal that only rank 1 found is not lost."""
     import logging
     import tempfile
 
@@ -259,6 +260,9 @@ def launch_local_workers(nproc: int, module: str, args: list[str]) -> int:
         line = unreported_error(status_file)
         if line:
             print(line, file=sys.stderr, flush=True)
+        recorded = recorded_statuses(status_file)
+        if recorded:
+            return recorded[min(recorded)]
         return 128 - code if code < 0 else code or 1
     finally:
         if own:
@@ -295,19 +299,32 @@ def report_once(message: str, status: int) -> None:
             pass
 
 
-def unreported_error(status_file: str) -> str | None:
-    """The ``error:`` line a non-zero rank recorded when rank 0 recorded nothing (rank 0, which prints,
-    found no error or was stopped before it did); None otherwise."""
+def _records(status_file: str) -> list[tuple[int, int, str]]:
+    """(status, rank, line) per line of an exit-status file (:func:`record_exit_status`), in order."""
     import re
 
     try:
         with open(status_file) as f:
-            records = [m.groups() for m in map(re.compile(r"^(\d+) rank (\d+): (.*)$").match, f) if m]
+            return [(int(m[1]), int(m[2]), m[3]) for m in map(re.compile(r"^(\d+) rank (\d+): (.*)$").match, f) if m]
     except OSError:
+        return []
+
+
+def recorded_statuses(status_file: str) -> dict[int, int]:
+    """rank -> the first exit status it recorded."""
+    out: dict[int, int] = {}
+    for status, rank, _ in _records(status_file):
+        out.setdefault(rank, status)
+    return out
+
+
+def unreported_error(status_file: str) -> str | None:
+    """The ``error:`` line a non-zero rank recorded when rank 0 recorded nothing (rank 0, which prints,
+    found no error or was stopped before it did); None otherwise."""
+    records = _records(status_file)
+    if any(rank == 0 for _, rank, _ in records):
         return None
-    if any(rank == "0" for _, rank, _ in records):
-        return None
-    errors = sorted((int(rank), line) for _, rank, line in records if line.startswith("error: "))
+    errors = sorted((rank, line) for _, rank, line in records if line.startswith("error: "))
     return errors[0][1] if errors else None
 
 
