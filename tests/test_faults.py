@@ -5,7 +5,6 @@ clear message; never a wedged folder or a silent restart from step 0. CPU only."
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import resource
 import signal
@@ -19,16 +18,15 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_config
-from dist_utils import run_distributed
+from dist_utils import forkserver_context, run_distributed
 
 # ---------------------------------------------------------------- checkpoint saves killed at each phase
 
 
 # Children come from a forkserver, not os.fork(): forking this multi-threaded pytest process (torch's
 # thread pools) can leave the child blocked on a lock another thread held (seen: a save hung forever).
-# The server imports the checkpoint code once (lightning: ~5 s), so each child starts in milliseconds.
-_CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(["torch", "nemo_nvembed.training.checkpoint_io"])
+# The server has imported the checkpoint code (lightning: ~5 s), so each child starts in milliseconds.
+_CTX = forkserver_context()
 
 
 def _child_save(folder: Path, step: int, name: str | None, kill_at: str | None, size: int) -> None:
