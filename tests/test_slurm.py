@@ -107,18 +107,21 @@ def test_dockerfile_matches_pyproject():
         assert f"COPY {src}" in text
 
 
-def test_two_nodes_through_a_preemption_a_hung_rank_and_a_lost_node_end_bit_equal(slurm_two_nodes, tmp_path, tiny_base):
+def test_two_nodes_through_preemption_hung_rank_failed_task_lost_node_bit_equal(slurm_two_nodes, tmp_path, tiny_base):
     """``sbatch --nodes 2 launch/stage1.sh`` (data-parallel over two hosts, their own hostnames and
-    addresses, rendezvous from the allocation) through three faults, one after another in the same job,
+    addresses, rendezvous from the allocation) through four faults, one after another in the same job,
     each once the previous restart trains:
 
     1. USR1 (Slurm's warning before a time limit or preemption): a checkpoint at the next step, the
        PREEMPTED marker, slurm/common.sh requeues the job;
     2. SIGSTOP of rank 1 (on nvnode2; a hung rank): rank 0's watchdog ends the step with exit 75 within
        train.watchdog_s + slack, common.sh requeues the job (restarts.log and the job log say why);
-    3. nvnode2 lost whole: every process in its namespace (slurmd, slurmstepd, the task) SIGKILLed at
-       once, then a fresh slurmd started (a node that reboots): srun exits non-zero with no status
-       recorded, common.sh requeues the job ("a task failed or a node was lost").
+    3. SIGKILL of rank 1's worker (a failed task): srun exits non-zero with no status recorded, common.sh
+       requeues the job ("a task failed or a node was lost");
+    4. nvnode2 lost whole: every process in its namespace (slurmd, slurmstepd, the task) SIGKILLed at
+       once, brought back (a fresh slurmd, as after a reboot) once Slurm has declared it DOWN: srun
+       ends ("Node failure"), and whichever comes first requeues the job: common.sh (srun's non-zero
+       exit) or Slurm cancelling the job (NODE_FAIL) and requeueing it itself (--requeue).
 
     Each restart resumes from the newest verified checkpoint and the final weights and sample order
     equal an uninterrupted one-node run's of the same world size, bit for bit (so an uninterrupted
@@ -172,6 +175,8 @@ def test_two_nodes_through_a_preemption_a_hung_rank_and_a_lost_node_end_bit_equa
                                 lambda: "stopped at a checkpoint after a signal" in job_log(two, jid2))
     hung = fault_then_resume(lambda: os.kill(rank_pid(two, 1), signal.SIGSTOP), 2, restarts_log.exists)
     assert hung["requeued"] < watchdog_s + slack_s, (hung, job_log(two, jid2)[-4000:])
+    task = fault_then_resume(lambda: os.kill(rank_pid(two, 1), signal.SIGKILL), 3,
+                             lambda: len(restarts_log.read_text().splitlines()) >= 2)
 
     down = {}
 
@@ -184,21 +189,23 @@ def test_two_nodes_through_a_preemption_a_hung_rank_and_a_lost_node_end_bit_equa
         down["s"] = seconds_until(lambda: node_state("nvnode2").startswith("down"), t0, 120)
         assert down["s"] is not None, (node_state("nvnode2"), job_log(two, jid2)[-3000:])
         start_node("nvnode2")
-    lost = fault_then_resume(lose_node, 3, lambda: job_state(jid2)[1] >= 3)
+    lost = fault_then_resume(lose_node, 4, lambda: job_state(jid2)[1] >= 4)
     lost = {"declared down": down["s"], **lost}
 
     assert wait_job(jid1, timeout=600) == "COMPLETED", job_log(one, jid1)[-3000:]
     assert wait_job(jid2, timeout=600) == "COMPLETED", job_log(two, jid2)[-4000:]
     _, restarts = job_state(jid2)
     log = job_log(two, jid2)
-    assert restarts == 3, log[-4000:]  # USR1, the hung rank, the lost node
+    assert restarts == 4, log[-4000:]  # USR1, the hung rank, the failed task, the lost node
     assert "[preemption] signal received: saved a checkpoint" in log
     assert "made no progress for train.watchdog_s (exit 75" in log, log[-4000:]
-    # The hung rank is counted against NVEMBED_MAX_RESTARTS (3), the preemption is not; the lost node
-    # is Slurm's own requeue (NODE_FAIL, --requeue): it cancels the batch script with the job.
-    assert "restart 1 of 3: requeueing job" in log and "restart 2 of 3" not in log, log[-4000:]
+    # The hung rank and the failed task are counted against NVEMBED_MAX_RESTARTS (3), the preemption is
+    # not; the lost node is too when common.sh requeues it before Slurm's NODE_FAIL cancels the script.
+    assert "restart 1 of 3: requeueing job" in log and "restart 2 of 3: requeueing job" in log, log[-4000:]
+    assert "a task failed or a node was lost (srun exit" in log and "Node failure on nvnode2" in log, log[-4000:]
     faults = restarts_log.read_text().splitlines()
-    assert len(faults) == 1 and f"job {jid2} status" in faults[0] and "(exit 75" in faults[0], faults
+    assert len(faults) in (2, 3) and all(f"job {jid2} status" in f for f in faults), faults
+    assert "(exit 75" in faults[0] and "a task failed or a node was lost" in faults[1], faults
     assert "DUE TO NODE FAILURE" in log and "srun: error: Node failure on nvnode2" in log, log[-4000:]
     assert list((two / "stage1").glob("run_*/hang_rank0.txt")), "the rank that waited left its stacks"
     assert "on 2 node(s), 2 task(s); master nvnode1:" in log, log[-3000:]
@@ -214,7 +221,8 @@ def test_two_nodes_through_a_preemption_a_hung_rank_and_a_lost_node_end_bit_equa
     assert last_trace(one / "stage1") == last_trace(two / "stage1")
     fmt = lambda t: ", ".join(f"{k} {v:.0f} s" for k, v in t.items())  # noqa: E731
     print(f"\n[two nodes] USR1 -> {fmt(preempt)}\n[two nodes] SIGSTOP of rank 1 -> {fmt(hung)} "
-          f"(train.watchdog_s={watchdog_s})\n[two nodes] nvnode2 killed whole and restarted -> {fmt(lost)}\n"
+          f"(train.watchdog_s={watchdog_s})\n[two nodes] SIGKILL of rank 1 -> {fmt(task)}\n"
+          f"[two nodes] nvnode2 killed whole, back once DOWN -> {fmt(lost)}\n"
           f"[two nodes] both jobs: {time.time() - start:.0f} s")
 
 
