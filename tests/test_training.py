@@ -210,8 +210,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_base):
     # Same samples, step by step, on both ranks; every step trained exactly once in effect.
     ta, tb = last_trace(straight / "stage1"), last_trace(resumed / "stage1")
     assert ta == tb and sorted({s for (_, s) in ta}) == list(range(steps))
-    # Relaunching a finished stage is a no-op.
-    p = subprocess.run(torchrun_cmd(resumed, tiny_base, data, steps, tp2), check=True, capture_output=True, text=True, cwd=REPO)
+    # Relaunching a finished stage is a no-op (one process: the .nemo is found before the layout matters).
+    cmd = torchrun_cmd(resumed, tiny_base, data, steps, tp2)
+    p = subprocess.run([sys.executable, "-m", "nemo_nvembed.train", *cmd[cmd.index("--config-name"):]], check=True,
+                       capture_output=True, text=True, cwd=REPO)
     assert "already finished" in p.stdout
 
 
