@@ -83,7 +83,7 @@ def test_model_flops_match_flop_counter_on_an_unpadded_plain_step(tokenizer_file
     model = NVEmbedNetwork(cfg).train()
     tcfg = stage_train_config("stage1", [f"train.data.path={data}", f"train.data.tasks={tasks}", "train.data.num_negatives=1",
                                          "train.data.global_batch_size=8", "train.chunking.grad_cache=false",
-                                         "train.chunking.chunk_size=0"])
+                                         "train.chunking.chunk_size=0", "train.chunking.packed=true"])
     registry = TaskRegistry.from_yaml(tasks)
     exs = load_examples(data, registry, 1).examples
     batch = BatchStream(exs, None, registry, model.text, tcfg.data, True, start=lambda: 0).collate(0, exs)
@@ -93,7 +93,7 @@ def test_model_flops_match_flop_counter_on_an_unpadded_plain_step(tokenizer_file
         loss.backward()
     assert objective.tokens["real"] == objective.tokens["padded"]  # unpadded, as the definition counts
     lengths = [*batch.queries.attention_mask.sum(1).tolist(), *batch.docs.attention_mask.sum(1).tolist()]
-    needed = counters.model_flops(cfg, lengths)
+    needed = counters.model_flops(cfg, lengths, counters.pooled_lengths(batch))
     ratio = fc.get_total_flops() / needed
     print(f"executed {fc.get_total_flops():.4g} / model {needed:.4g} = {ratio:.4f}")
     assert 1.0 <= ratio <= 1.08, ratio
@@ -162,7 +162,7 @@ def test_grad_cache_packed_step_costs(tokenizer_file, single_process, tmp_path):
     out = counters.count_step(lambda: objective.step(model, batch), "cpu")
     assert objective.tokens["real"] == objective.tokens["padded"]
     lengths = [*batch.queries.lengths, *batch.docs.lengths]
-    ratio = out["executed_flops"] / counters.model_flops(cfg, lengths)
+    ratio = out["executed_flops"] / counters.model_flops(cfg, lengths, counters.pooled_lengths(batch))
     print(out, f"executed / model {ratio:.3f}")
     assert out["host_syncs"] <= 3, out
     assert ratio <= 1.5, ratio

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import torch
 from conftest import REPO, tiny_config
 
@@ -42,8 +44,9 @@ def _write(path, n: int):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _step_peak(model, data, queries: int, cap: int) -> tuple[float, int]:
-    """(step peak GiB, chunks) of one GradCache step of ``queries`` queries with chunks of <= ``cap`` padded tokens."""
+def _step_peak(model, data, queries: int, cap: int, packed: bool) -> tuple[float, int]:
+    """(step peak GiB, chunks) of one GradCache step of ``queries`` queries with chunks of <= ``cap`` padded
+    tokens (packed: real tokens)."""
     from nemo_nvembed.benchmark.counters import step_peak_memory
     from nemo_nvembed.data.jsonl import load_examples
     from nemo_nvembed.data.tasks import TaskRegistry
@@ -55,7 +58,8 @@ def _step_peak(model, data, queries: int, cap: int) -> tuple[float, int]:
     tcfg = stage_train_config("stage1", [
         f"train.data.path={data}", f"train.data.tasks={TASKS}", "train.data.num_negatives=1",
         f"train.data.global_batch_size={queries}", "train.data.query_max_length=128", "train.data.doc_max_length=128",
-        "train.chunking.chunk_size=1000", f"train.chunking.max_chunk_tokens={cap}"])  # the token cap governs
+        "train.chunking.chunk_size=1000", f"train.chunking.max_chunk_tokens={cap}",  # the token cap governs
+        f"train.chunking.packed={str(packed).lower()}", f"train.chunking.pack_tokens={cap}"])
     registry = TaskRegistry.from_yaml(TASKS)
     exs = load_examples(data, registry, 1).examples[:queries]
     batch = BatchStream(exs, None, registry, model.text, tcfg.data, True, start=lambda: 0).collate(0, exs)
@@ -67,20 +71,21 @@ def _step_peak(model, data, queries: int, cap: int) -> tuple[float, int]:
 
     step()
     c = tcfg.chunking
-    n_chunks = len(chunking.plan(batch.docs.lengths, c.chunk_size, c.length_aware, c.chunk_cost_tokens, cap))
+    n_chunks = len(chunking.plan_for(batch.docs, c))
     return step_peak_memory(step, "cpu"), n_chunks
 
 
-def test_grad_cache_memory_grows_with_the_chunk_not_the_batch(tokenizer_file, single_process, tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_grad_cache_memory_grows_with_the_chunk_not_the_batch(packed, tokenizer_file, single_process, tmp_path):
     from nemo_nvembed.models.network import NVEmbedNetwork
 
     data = tmp_path / "train.jsonl"
     _write(data, 64)
     model = NVEmbedNetwork(tiny_config(tokenizer_file)).train()  # recompute off (tiny.yaml), LoRA dropout on
     assert model.backbone.config.recompute_granularity is None
-    small, n_small = _step_peak(model, data, 8, 512)
-    big, n_big = _step_peak(model, data, 64, 512)
-    wide, _ = _step_peak(model, data, 64, 2048)
+    small, n_small = _step_peak(model, data, 8, 512, packed)
+    big, n_big = _step_peak(model, data, 64, 512, packed)
+    wide, _ = _step_peak(model, data, 64, 2048, packed)
     print(f"step peak MiB: 8 queries {small * 1024:.2f} ({n_small} passage chunks), 64 queries {big * 1024:.2f} ({n_big}), 64 queries with 4x the cap {wide * 1024:.2f}")
     assert n_big >= 4 * n_small  # 8x the batch: many more chunks of the same size ...
     assert big <= 1.25 * small, (small, big)  # ... the same peak: the bound is the chunk

@@ -32,10 +32,12 @@ def _gc_worker(rank, world, tokenizer_file, full, data):
     model = NVEmbedNetwork(tiny_config(tokenizer_file)).train()
     model.load_full_state_dict(full)
     out = []
-    # In batch order: 4 queries per rank in chunks of 3 (a last partial chunk of 1); 16 passages in
-    # chunks of 3 (last: 1). Length-aware: the planner's chunks of up to 3, of uneven sizes.
-    for length_aware in (False, True):
-        c = {"chunk_size": 3, "length_aware": length_aware}
+    # Padded, in batch order: 4 queries per rank in chunks of 3 (a last partial chunk of 1); 16 passages
+    # in chunks of 3 (last: 1). Length-aware: the planner's chunks of up to 3, of uneven sizes. Packed
+    # (the stage YAML's default): packs of at most 40 tokens, several per rank.
+    for c in ({"packed": False, "chunk_size": 3, "length_aware": False},
+              {"packed": False, "chunk_size": 3, "length_aware": True},
+              {"packed": True, "pack_tokens": 40}):
         out.append((make_step(model, data, 8, rank, world, {**c, "grad_cache": False}),
                     make_step(model, data, 8, rank, world, {**c, "grad_cache": True})))
     return out
@@ -56,13 +58,15 @@ def test_dropout_is_really_on_and_replayed(tokenizer_file, single_process, tmp_p
     data = tmp_path / "train.jsonl"
     write_examples(data)
     model, _ = random_model(tokenizer_file, **{"lora.dropout": 0.5})
-    a = make_step(model, data, 8, 0, 1, {"chunk_size": 3, "grad_cache": False})[0]
-    b = make_step(model, data, 8, 0, 1, {"chunk_size": 3, "grad_cache": True})[0]
-    c = make_step(model, data, 8, 0, 1, {"chunk_size": 4, "grad_cache": False})[0]  # other chunks, same draws (keyed)
+    a = make_step(model, data, 8, 0, 1, {"packed": False, "chunk_size": 3, "grad_cache": False})[0]
+    b = make_step(model, data, 8, 0, 1, {"packed": False, "chunk_size": 3, "grad_cache": True})[0]
+    c = make_step(model, data, 8, 0, 1, {"packed": False, "chunk_size": 4, "grad_cache": False})[0]  # other chunks, same draws (keyed)
+    e = make_step(model, data, 8, 0, 1, {"packed": True, "pack_tokens": 40, "grad_cache": True})[0]  # packed: same draws
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
     model.eval()  # no dropout: another loss
-    d = make_step(model, data, 8, 0, 1, {"chunk_size": 3, "grad_cache": False})[0]
+    d = make_step(model, data, 8, 0, 1, {"packed": False, "chunk_size": 3, "grad_cache": False})[0]
     model.train()
     assert (a - d).abs() > 1e-6
 
@@ -92,8 +96,8 @@ def test_length_aware_chunks_change_padding_not_the_loss(tokenizer_file, single_
                      "neg": [f"n {i} {j} " + "filler " * (2 + 10 * ((i + j) % 3)) for j in range(3)]})
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model, _ = random_model(tokenizer_file, **{"lora.dropout": 0.0})
-    plain = make_step(model, data, 16, 0, 1, {"chunk_size": 4, "length_aware": False})
-    aware = make_step(model, data, 16, 0, 1, {"chunk_size": 4, "length_aware": True})
+    plain = make_step(model, data, 16, 0, 1, {"chunk_size": 4, "length_aware": False, "packed": False})
+    aware = make_step(model, data, 16, 0, 1, {"chunk_size": 4, "length_aware": True, "packed": False})
     assert plain[2]["real"] == aware[2]["real"]  # the same examples and tokens
     assert aware[2]["padded"] < plain[2]["padded"]
     waste = (aware[2]["padded"] - aware[2]["real"]) / aware[2]["padded"]

@@ -12,7 +12,8 @@ cannot pass 50% MFU. Definitions (per step, the benchmark's JSON keys):
   length s, N = 2 d^2 + 2 d d_kv + 3 d f weights per layer:
       backbone, per token   2 N L (forward) + 2 N L_bwd (activation gradients; frozen weights)
       backbone attention    4 L d s^2 per sequence forward (QK^T, AV), 8 L_bwd d s^2 backward
-      head, per token       the pooling type's ``flops_per_token`` (forward + both gradients)
+      head, per pooled token  the pooling type's ``flops_per_token`` (forward + both gradients): only
+                            the tokens pooled into the embedding (not BOS, not the instruction prefix)
   where L_bwd = L - lora.first_layer (0 without LoRA: only the head trains). LoRA's own FLOPs
   (rank 16: ~1% of the layer) are left out.
 - ``executed_flops``: what the step executes, ``torch.utils.flop_counter.FlopCounterMode`` over one
@@ -82,8 +83,9 @@ def _register_cpu_attention_flops() -> None:
 _register_cpu_attention_flops()
 
 
-def model_flops(model_cfg, lengths: list[int]) -> float:
-    """FLOPs one training step needs for sequences of these real lengths (the module docstring's definition)."""
+def model_flops(model_cfg, lengths: list[int], pooled: list[int] | None = None) -> float:
+    """FLOPs one training step needs for sequences of these real lengths, ``pooled`` of whose tokens
+    (default: all) are pooled into the embedding (the module docstring's definition)."""
     b, p = model_cfg.backbone, model_cfg.pooling
     L, d, f = b.num_layers, b.hidden_size, b.ffn_hidden_size
     d_kv = d // b.num_attention_heads * b.num_query_groups
@@ -91,9 +93,14 @@ def model_flops(model_cfg, lengths: list[int]) -> float:
     l_bwd = L - model_cfg.lora.first_layer if model_cfg.lora.enabled else 0
     head = pooling_type(p.type)
     total = 0.0
-    for s in lengths:
-        total += s * 2 * n * (L + l_bwd) + 4 * d * s * s * (L + 2 * l_bwd) + s * head.flops_per_token(p, d, s)
+    for s, m in zip(lengths, pooled or lengths):
+        total += s * 2 * n * (L + l_bwd) + 4 * d * s * s * (L + 2 * l_bwd) + m * head.flops_per_token(p, d, s)
     return float(total)
+
+
+def pooled_lengths(batch) -> list[int]:
+    """Pooled tokens per sequence of a ContrastiveBatch, queries then documents (``model_flops``'s order)."""
+    return [n - p for b in (batch.queries, batch.docs) for n, p in zip(b.lengths, b.pool_starts)]
 
 
 class StepCounter(TorchDispatchMode):

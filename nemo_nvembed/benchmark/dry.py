@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from nemo_nvembed.benchmark.counters import count_step, model_flops
+from nemo_nvembed.benchmark.counters import count_step, model_flops, pooled_lengths
 
 
 def dry_worker(spec: dict, cfg, registry, exs, text, tcfg, batch) -> dict:
@@ -45,7 +45,7 @@ def dry_worker(spec: dict, cfg, registry, exs, text, tcfg, batch) -> dict:
         objective_module.nonfinite_anywhere = decide
     counts["host_syncs"] += 1  # the non-finite decision's read, which the meta run could not make
     real, padded = objective.tokens["real"], objective.tokens["padded"]
-    needed = model_flops(cfg, [*batch.queries.lengths, *batch.docs.lengths])
+    needed = model_flops(cfg, [*batch.queries.lengths, *batch.docs.lengths], pooled_lengths(batch))
     nonmatmul = counts.pop("nonmatmul_bytes")
     return {"system": "ours (dry)", "device": "meta", "tokens_real": real, "tokens_padded": padded,
             "padding_waste": (padded - real) / padded, "model_flops": needed, "flops_per_token": needed / real,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from nemo_nvembed.benchmark.counters import count_step, model_flops, optimizer_host_tensors, step_peak_memory
+from nemo_nvembed.benchmark.counters import count_step, model_flops, optimizer_host_tensors, pooled_lengths, step_peak_memory
 from nemo_nvembed.parallel import cpu_compat
 from nemo_nvembed.paths import CONF, REPO
 
@@ -211,7 +211,7 @@ def worker(spec: dict) -> dict:
     step_peak = step_peak_memory(step, device) if spec["step_memory"] else None
     lengths = [*batch.queries.attention_mask.sum(1).tolist(), *batch.docs.attention_mask.sum(1).tolist()]
     assert sum(lengths) == real, (sum(lengths), real)
-    needed = model_flops(cfg, lengths)
+    needed = model_flops(cfg, lengths, pooled_lengths(batch))
     nonmatmul = counts.pop("nonmatmul_bytes")
     return {"system": spec["system"], "device": device, "step_s": step_s, "step_times": times,
             "tokens_real": real, "tokens_padded": padded, "tokens_per_s_real": real / step_s,

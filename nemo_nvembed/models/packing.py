@@ -85,6 +85,7 @@ class Pack:
         params = PackedSeqParams(qkv_format="thd", max_seqlen_q=self.max_length, max_seqlen_kv=self.max_length)
         params.bounds, params.cu_seqlens_device = self.bounds, self.cu_seqlens
         params.cpu_groups = self.attention_groups if self.input_ids.device.type in ("cpu", "meta") else None
+        params.pack = self  # CUDA without varlen attention falls back to the groups (sdpa_attention)
         return params
 
     @property

@@ -16,9 +16,13 @@ tests compare packed with padded on CPU.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
+
+_varlen_failed = False  # set once varlen attention raised (warned once; the grouped path from then on)
 
 try:  # torch >= 2.9 on CUDA: variable-length flash attention
     from torch.nn.attention.varlen import varlen_attn
@@ -53,14 +57,22 @@ class SDPACoreAttention(MegatronModule):
 
     def _packed(self, query, key, value, params):
         """Each sequence of the pack attends within itself (causal when ``self.causal``)."""
+        global _varlen_failed
         causal = self.causal
-        if query.is_cuda and varlen_attn is not None:
+        if query.is_cuda and varlen_attn is not None and not _varlen_failed:
             cu = params.cu_seqlens_device  # models/packing.Pack.thd_params
-            return varlen_attn(query, key, value, cu, cu, params.max_seqlen_q,
-                               params.max_seqlen_kv, scale=self.softmax_scale,
-                               window_size=(-1, 0) if causal else (-1, -1),
-                               enable_gqa=key.shape[1] != query.shape[1])  # [t, np, hn]
+            try:
+                return varlen_attn(query, key, value, cu, cu, params.max_seqlen_q,
+                                   params.max_seqlen_kv, scale=self.softmax_scale,
+                                   window_size=(-1, 0) if causal else (-1, -1),
+                                   enable_gqa=key.shape[1] != query.shape[1])  # [t, np, hn]
+            except Exception as e:  # noqa: BLE001 - an unsupported GPU/dtype must not stop training: the grouped path is exact
+                _varlen_failed = True
+                warnings.warn(f"packed attention: varlen flash attention failed ({type(e).__name__}: {e}); "
+                              f"using padded SDPA calls over length groups")
         groups = getattr(params, "cpu_groups", None)
+        if groups is None and query.is_cuda and hasattr(params, "pack"):  # CUDA without varlen: the grouped path
+            groups = params.pack.attention_groups
         if groups is not None and not causal:  # a few padded calls (models/packing.AttentionGroups)
             outs = []
             for rows, mask, (n, s) in zip(groups.gather, groups.key_mask, groups.shapes):

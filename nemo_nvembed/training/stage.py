@@ -68,6 +68,9 @@ def check_layout(cfg, saved, world_size: int) -> None:
         raise ConfigError(f"parallel.tensor_model_parallel_size={tp} does not divide the world size {world_size} "
                           f"(processes launched); launch a multiple of {tp} processes or choose a TP size that divides {world_size}")
     check_parallel_layout(saved, tp, source=f"parallel.tensor_model_parallel_size={tp} with init_from's model")
+    if cfg.train.chunking.packed and cfg.model.get("sequence_parallel", False) and tp > 1:
+        raise ConfigError("train.chunking.packed=true runs megatron's THD layout, which our network does not run with "
+                          "model.sequence_parallel=true; set train.chunking.packed=false or model.sequence_parallel=false")
     dp = world_size // tp
     if data.global_batch_size % dp:
         raise ConfigError(f"train.data.global_batch_size={data.global_batch_size} is not divisible by the "
