@@ -46,26 +46,6 @@ def job_log(out: Path, job_id: str) -> str:
     return "\n".join(f.read_text() for f in out.glob(f"*-{job_id}.out"))
 
 
-def test_stage1_then_stage2_with_afterok(slurm, tmp_path, tiny_base):
-    out = tmp_path / "out"
-    out.mkdir()
-    data = tmp_path / "train.jsonl"
-    write_examples(data)
-    env = dict(os.environ, NVEMBED_OUT=str(out), SBATCH_ARGS=" ".join([*SBATCH_CPU, f"--output={out}/%x-%j.out"]),
-               STAGE1_ARGS=f"init_from={tiny_base} trainer.max_steps=4", STAGE2_ARGS="trainer.max_steps=3")
-    common = [o for o in overrides(data, 4) if not o.startswith("trainer.max_steps")]
-    p = subprocess.run(["bash", "launch/submit_both.sh", *common], capture_output=True, text=True, cwd=REPO, env=env, check=True)
-    ids = [line.split("job ")[1].split()[0] for line in p.stdout.splitlines() if "job " in line]
-    assert len(ids) == 2, p.stdout
-    for jid in ids:
-        state = wait_job(jid)
-        assert state == "COMPLETED", f"job {jid}: {state}\n{job_log(out, jid)[-3000:]}"
-    assert (out / "stage1" / "stage1.nemo").exists() and (out / "stage2" / "stage2.nemo").exists()
-    log2 = job_log(out, ids[1])
-    assert str(out / "stage1" / "stage1.nemo") in (out / "stage2" / "resolved_config.yaml").read_text()
-    assert "stage stage2 finished" in log2
-
-
 def test_hydra_multirun_sweep_through_submitit(slurm, tmp_path, tiny_base):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is a test dependency")
     data = tmp_path / "train.jsonl"
@@ -125,7 +105,9 @@ def test_two_nodes_through_preemption_hung_rank_failed_task_lost_node_bit_equal(
 
     Each restart resumes from the newest verified checkpoint and the final weights and sample order
     equal an uninterrupted one-node run's of the same world size, bit for bit (so an uninterrupted
-    two-node run's too). Both jobs run at once. This is also the test of preemption and of a failed task
+    two-node run's too). Both jobs run at once. The one-node run is submitted with stage 2 by
+    launch/submit_both.sh: stage 2 waits for it (afterok), finds its stage1.nemo itself and trains
+    3 steps while the two-node job is still going through its faults. This is also the test of preemption and of a failed task
     on one node: the same launch script, signal handler, requeue and resume (separate one-node copies
     took minutes of make test's 20)."""
     from slurm_cluster import kill_node, start_node
@@ -142,7 +124,13 @@ def test_two_nodes_through_preemption_hung_rank_failed_task_lost_node_bit_equal(
     two.mkdir()
     # One thread per process in both: otherwise Lightning gives each process cpus // tasks-per-node
     # threads (1 on one node, 2 on each of two), and fp32 matmuls sum in another order (~3e-8).
-    jid1 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, extra), one, OMP_NUM_THREADS="1")
+    common = [o for o in overrides(data, steps, extra=extra) if not o.startswith("trainer.max_steps")]
+    env = dict(os.environ, NVEMBED_OUT=str(one), SBATCH_ARGS=" ".join([*SBATCH_CPU, f"--output={one}/%x-%j.out"]),
+               STAGE1_ARGS=f"init_from={tiny_base} trainer.max_steps={steps}", STAGE2_ARGS="trainer.max_steps=3",
+               OMP_NUM_THREADS="1")
+    p = subprocess.run(["bash", "launch/submit_both.sh", *common], capture_output=True, text=True, cwd=REPO, env=env,
+                       check=True)
+    jid1, jid_stage2 = [line.split("job ")[1].split()[0] for line in p.stdout.splitlines() if "job " in line]
     jid2 = sbatch("launch/stage1.sh", overrides(data, steps, tiny_base, extra), two, resources=SBATCH_TWO_NODES,
                   OMP_NUM_THREADS="1")
     trace = two / "stage1" / "samples" / "rank0.jsonl"
@@ -194,6 +182,9 @@ def test_two_nodes_through_preemption_hung_rank_failed_task_lost_node_bit_equal(
 
     assert wait_job(jid1, timeout=600) == "COMPLETED", job_log(one, jid1)[-3000:]
     assert wait_job(jid2, timeout=600) == "COMPLETED", job_log(two, jid2)[-4000:]
+    assert wait_job(jid_stage2, timeout=600) == "COMPLETED", job_log(one, jid_stage2)[-3000:]
+    assert (one / "stage2" / "stage2.nemo").exists() and "stage stage2 finished" in job_log(one, jid_stage2)
+    assert str(one / "stage1" / "stage1.nemo") in (one / "stage2" / "resolved_config.yaml").read_text()
     _, restarts = job_state(jid2)
     log = job_log(two, jid2)
     assert restarts == 4, log[-4000:]  # USR1, the hung rank, the failed task, the lost node

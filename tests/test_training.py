@@ -104,13 +104,23 @@ def torchrun_cmd(run_root: Path, base: Path, data: Path, max_steps: int, extra=(
             "trainer.enable_progress_bar=false", *extra]
 
 
+def _save_tiny_base(tokenizer_file: str, path: str) -> None:
+    from nemo_nvembed.models.network import NVEmbedNetwork
+
+    NVEmbedNetwork.from_config(tiny_config(tokenizer_file)).save_to(path)
+
+
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory, tokenizer_file):
+    """A tiny random base .nemo, built in a child process (its own process group and parallel state; forked
+    from the test fork server, which has the model code imported: no fresh interpreter)."""
+    from dist_utils import forkserver_context
+
     path = tmp_path_factory.mktemp("base") / "tiny_base.nemo"
-    script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
-              "from conftest import tiny_config\nfrom nemo_nvembed.models.network import NVEmbedNetwork\n"
-              f"NVEmbedNetwork.from_config(tiny_config({tokenizer_file!r})).save_to({str(path)!r})\n")
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    child = forkserver_context().Process(target=_save_tiny_base, args=(tokenizer_file, str(path)))
+    child.start()
+    child.join(300)
+    assert child.exitcode == 0 and path.exists(), f"building the tiny base failed (exit {child.exitcode})"
     return path
 
 
