@@ -29,13 +29,10 @@ How it is computed (the masks are those of the first, int64, implementation bit 
   int32 ops per element, 2 to apply the mask), 2.4-2.9 ms; the first version: 77 calls, 12 of them
   int64 ops per element, 7.5-7.7 ms. Backward recomputes the mask (14 calls): forward + backward
   7.0-7.4 ms against 8.2-9.8 ms, and no [s, b, f] mask is kept (the first version kept it in fp32).
-- CUDA: the whole hash and the masking are one function compiled by ``torch.compile`` (one fused
-  elementwise kernel; dynamic shapes, one compilation for every chunk length), wrapped as one
-  operator (``nvembed::keyed_dropout``, and ``nvembed::keyed_dropout_packed`` for packed chunks, whose
-  tokens carry their own sequence key and position: counters see one call, and it compiles under
-  them too); both graphs are tested on CPU (inductor's C++ backend) against the eager path, and run
-  on CPU with ``NVEMBED_FUSED_DROPOUT=1`` (measured 3.4 ms vs 7.7 ms forward + backward for the
-  input above). Not yet run on a GPU.
+- CUDA: hash and masking are one ``torch.compile``d elementwise kernel (dynamic shapes), wrapped as one
+  operator (``nvembed::keyed_dropout``; ``nvembed::keyed_dropout_packed`` for packs, each token with
+  its sequence key and position); tested on CPU (inductor's C++ backend) against the eager path, used
+  on CPU with ``NVEMBED_FUSED_DROPOUT=1`` (3.4 vs 7.7 ms forward + backward above). Not yet on a GPU.
 - The mask is never stored: a custom autograd function saves only the ids (row hashes, or keys and
   salt) and recomputes the mask in backward.
 """
