@@ -62,6 +62,28 @@ def _uniform_examples(path, n: int):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _tiny_step_inputs(tokenizer_file, tmp_path, lora: dict, chunking: list[str]):
+    """(model cfg, train cfg, registry, examples, network, batch): 8 uniform examples, 1 negative, the
+    stage-1 train section with these chunking overrides, the tiny model with these LoRA settings."""
+    from nemo_nvembed.data.jsonl import load_examples
+    from nemo_nvembed.data.tasks import TaskRegistry
+    from nemo_nvembed.models.network import NVEmbedNetwork
+    from nemo_nvembed.training.batches import BatchStream
+    from nemo_nvembed.training.config import stage_train_config
+
+    tasks = str(REPO / "conf" / "tasks.yaml")
+    data = tmp_path / "train.jsonl"
+    _uniform_examples(data, 8)
+    cfg = tiny_config(tokenizer_file, **{f"lora.{k}": v for k, v in lora.items()})
+    model = NVEmbedNetwork(cfg).train()
+    tcfg = stage_train_config("stage1", [f"train.data.path={data}", f"train.data.tasks={tasks}", "train.data.num_negatives=1",
+                                         "train.data.global_batch_size=8", *(f"train.chunking.{c}" for c in chunking)])
+    registry = TaskRegistry.from_yaml(tasks)
+    exs = load_examples(data, registry, 1).examples
+    batch = BatchStream(exs, None, registry, model.text, tcfg.data, True, start=lambda: 0).collate(0, exs)
+    return cfg, tcfg, registry, exs, model, batch
+
+
 def test_model_flops_match_flop_counter_on_an_unpadded_plain_step(tokenizer_file, single_process, tmp_path):
     """model_flops counts forward + the trainable path's backward at real lengths: on a plain step (no
     GradCache, no recompute) with no padding, FlopCounterMode executes that plus LoRA's own FLOPs (rank 1:
@@ -69,30 +91,16 @@ def test_model_flops_match_flop_counter_on_an_unpadded_plain_step(tokenizer_file
     from torch.utils.flop_counter import FlopCounterMode
 
     from nemo_nvembed.benchmark import counters
-    from nemo_nvembed.data.jsonl import load_examples
-    from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.models.network import NVEmbedNetwork
-    from nemo_nvembed.training.batches import BatchStream
-    from nemo_nvembed.training.config import stage_train_config
     from nemo_nvembed.training.objective import ContrastiveObjective
 
-    tasks = str(REPO / "conf" / "tasks.yaml")
-    data = tmp_path / "train.jsonl"
-    _uniform_examples(data, 8)
-    cfg = tiny_config(tokenizer_file, **{"lora.rank": 1, "lora.dropout": 0.0})
-    model = NVEmbedNetwork(cfg).train()
-    tcfg = stage_train_config("stage1", [f"train.data.path={data}", f"train.data.tasks={tasks}", "train.data.num_negatives=1",
-                                         "train.data.global_batch_size=8", "train.chunking.grad_cache=false",
-                                         "train.chunking.chunk_size=0", "train.chunking.packed=true"])
-    registry = TaskRegistry.from_yaml(tasks)
-    exs = load_examples(data, registry, 1).examples
-    batch = BatchStream(exs, None, registry, model.text, tcfg.data, True, start=lambda: 0).collate(0, exs)
+    cfg, tcfg, _, _, model, batch = _tiny_step_inputs(tokenizer_file, tmp_path, {"rank": 1, "dropout": 0.0},
+                                                      ["grad_cache=false", "chunk_size=0", "packed=true"])
     objective = ContrastiveObjective(tcfg, 8, seed=0)
     with FlopCounterMode(display=False) as fc:
         loss, _ = objective.step(model, batch)
         loss.backward()
     assert objective.tokens["real"] == objective.tokens["padded"]  # unpadded, as the definition counts
-    lengths = [*batch.queries.attention_mask.sum(1).tolist(), *batch.docs.attention_mask.sum(1).tolist()]
+    lengths = [*batch.queries.lengths, *batch.docs.lengths]
     needed = counters.model_flops(cfg, lengths, counters.pooled_lengths(batch))
     ratio = fc.get_total_flops() / needed
     print(f"executed {fc.get_total_flops():.4g} / model {needed:.4g} = {ratio:.4f}")
@@ -140,24 +148,10 @@ def test_grad_cache_packed_step_costs(tokenizer_file, single_process, tmp_path):
     1, the non-finite decision), no padding, and executed / model FLOPs <= 1.5 (the docs' last pack
     keeps its graph, so only the other packs run twice)."""
     from nemo_nvembed.benchmark import counters
-    from nemo_nvembed.data.jsonl import load_examples
-    from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.models.network import NVEmbedNetwork
-    from nemo_nvembed.training.batches import BatchStream
-    from nemo_nvembed.training.config import stage_train_config
     from nemo_nvembed.training.objective import ContrastiveObjective
 
-    tasks = str(REPO / "conf" / "tasks.yaml")
-    data = tmp_path / "train.jsonl"
-    _uniform_examples(data, 8)
-    cfg = tiny_config(tokenizer_file, **{"lora.rank": 1, "lora.dropout": 0.1})
-    model = NVEmbedNetwork(cfg).train()
-    tcfg = stage_train_config("stage1", [f"train.data.path={data}", f"train.data.tasks={tasks}", "train.data.num_negatives=1",
-                                         "train.data.global_batch_size=8", "train.chunking.grad_cache=true",
-                                         "train.chunking.packed=true", "train.chunking.pack_tokens=64"])
-    registry = TaskRegistry.from_yaml(tasks)
-    exs = load_examples(data, registry, 1).examples
-    batch = BatchStream(exs, None, registry, model.text, tcfg.data, True, start=lambda: 0).collate(0, exs)
+    cfg, tcfg, _, _, model, batch = _tiny_step_inputs(tokenizer_file, tmp_path, {"rank": 1, "dropout": 0.1},
+                                                      ["grad_cache=true", "packed=true", "pack_tokens=64"])
     objective = ContrastiveObjective(tcfg, 8, seed=0)
     out = counters.count_step(lambda: objective.step(model, batch), "cpu")
     assert objective.tokens["real"] == objective.tokens["padded"]
@@ -173,25 +167,11 @@ def test_dry_step_counts_what_the_real_step_executes(tokenizer_file, single_proc
     (fp32, CPU) step's on the same batch."""
     from nemo_nvembed.benchmark import counters
     from nemo_nvembed.benchmark.dry import dry_worker
-    from nemo_nvembed.data.jsonl import load_examples
-    from nemo_nvembed.data.tasks import TaskRegistry
-    from nemo_nvembed.models.network import NVEmbedNetwork
-    from nemo_nvembed.training.batches import BatchStream
-    from nemo_nvembed.training.config import stage_train_config
     from nemo_nvembed.training.objective import ContrastiveObjective
 
     monkeypatch.setenv("NVEMBED_FUSED_DROPOUT", "0")
-    tasks = str(REPO / "conf" / "tasks.yaml")
-    data = tmp_path / "train.jsonl"
-    _uniform_examples(data, 8)
-    cfg = tiny_config(tokenizer_file, **{"lora.rank": 2, "lora.dropout": 0.1})
-    tcfg = stage_train_config("stage1", [f"train.data.path={data}", f"train.data.tasks={tasks}", "train.data.num_negatives=1",
-                                         "train.data.global_batch_size=8", "train.chunking.grad_cache=true",
-                                         "train.chunking.packed=true", "train.chunking.pack_tokens=64"])
-    registry = TaskRegistry.from_yaml(tasks)
-    exs = load_examples(data, registry, 1).examples
-    model = NVEmbedNetwork(cfg).train()
-    batch = BatchStream(exs, None, registry, model.text, tcfg.data, True, start=lambda: 0).collate(0, exs)
+    cfg, tcfg, registry, exs, model, batch = _tiny_step_inputs(tokenizer_file, tmp_path, {"rank": 2, "dropout": 0.1},
+                                                               ["grad_cache=true", "packed=true", "pack_tokens=64"])
     real = counters.count_step(lambda: ContrastiveObjective(tcfg, 8, seed=0).step(model, batch), "cpu")
     dry = dry_worker({"queries": 8, "negatives": 1, "fused_dropout": False}, cfg, registry, exs, model.text, tcfg, batch)
     # the same matmuls; attention's FLOPs come from the CPU flash kernel's formula in the real step and

@@ -83,15 +83,8 @@ def plan(lengths: list[int], chunk_size: int, length_aware: bool, chunk_cost_tok
         size = chunk_size or n
         return [Chunk(torch.arange(i, min(n, i + size)), max(lengths[i : i + size])) for i in range(0, n, size)]
     order = sorted(range(n), key=lambda i: -lengths[i])  # stable: ties keep batch order
-    cuts = _cuts([lengths[i] for i in order], chunk_size, chunk_cost_tokens, max_chunk_tokens)
+    cuts = cut_sorted([lengths[i] for i in order], chunk_size, chunk_cost_tokens, max_chunk_tokens)
     return [Chunk(torch.tensor(order[a:b]), lengths[order[a]]) for a, b in zip(cuts, cuts[1:])]
-
-
-def _cuts(desc: list[int], size: int, cost: int, max_tokens: int) -> list[int]:
-    """Chunk boundaries over lengths sorted longest first: minimise padded tokens + cost x chunks,
-    at most ``size`` sequences and ``max_tokens`` padded tokens (0: no limit) per chunk; a single
-    sequence longer than ``max_tokens`` is a chunk of its own (:func:`models.packing.cut_sorted`)."""
-    return cut_sorted(desc, size, cost, max_tokens)
 
 
 def token_counts(lengths: list[int], chunks: list[Chunk]) -> tuple[int, int]:
