@@ -124,7 +124,7 @@ def write_sources(root: str | Path, seed: int = 0) -> Path:
     _write(root, "mteb/amazon_polarity", None, "train",
            [{"label": r["label"], "title": "t", "text": r["text"], "label_text": r["label_text"]}
             for r in _labelled(rng, ["negative", "positive"])])
-    _write(root, "mteb/imdb", None, "train", _labelled(rng, ["neg", "pos"]))
+    _write(root, "mteb/imdb", None, "train", _labelled(rng, ["negative", "positive"]))  # MTEB scripts/data/imdb
     _write(root, "mteb/toxic_conversations_50k", None, "train", _labelled(rng, ["not toxic", "toxic"]))
     _write(root, "mteb/tweet_sentiment_extraction", None, "train",
            [{"id": str(i), **r} for i, r in enumerate(_labelled(rng, ["negative", "neutral", "positive"]))])
@@ -159,5 +159,7 @@ def write_sources(root: str | Path, seed: int = 0) -> Path:
     _write(root, "sentence-transformers/reddit-title-body", None, "train",
            [{"title": _sentence(rng, i, 6), "body": _sentence(rng, i, 12), "subreddit": f"r{i % 9}"}
             for i in range(18)])
-    _write(root, "SetFit/20_newsgroups", None, "train", _labelled(rng, [f"news.{j}" for j in range(8)], 2))
+    _write(root, "SetFit/20_newsgroups", None, "train",  # label_text = scikit-learn target_names
+           _labelled(rng, ["alt.atheism", "comp.graphics", "rec.autos", "sci.med", "sci.space", "talk.politics.guns",
+                           "soc.religion.christian", "misc.forsale"], 2))
     return root
