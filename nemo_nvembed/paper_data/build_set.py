@@ -17,11 +17,13 @@ Per kind (NV-Embed section 4.2):
   first mapped linearly from the set's ``score_range`` [lowest, most similar] onto the paper's 0-5
   scale, so min_score 4 and max_neg_relevance 2.5 mean the same on every set (STS22 runs 1-4).
 
-``dedup`` removes training texts that BM25 finds near-identical to the named evaluation split
-(convert_data's symmetric relative-score rule), of the set's own repository or of ``dedup.hf_id``
-(MTEB's clustering test sets drawn from the same raw pools). Every dropped row is counted with its
-reason. The report's ``wanted`` is the manifest's count (Table 6), ``available`` what the source
-gives after conversion and filtering (before subsampling), ``written`` the rows of the set's file.
+``dedup`` removes training texts that BM25 finds near-identical to each named evaluation split
+(convert_data's symmetric relative-score rule), of the set's own repository or of the filter's
+``hf_id`` (MTEB's clustering test sets drawn from the same raw pools; MTEB's STS12-16 test sets,
+whose SemEval files STS Benchmark reuses). A row is dropped when any of its texts (an STS pair:
+either sentence) is near one; every dropped row is counted with its reason, per evaluation split.
+The report's ``wanted`` is the manifest's count (Table 6), ``available`` what the source gives after
+conversion and filtering (before subsampling), ``written`` the rows of the set's file.
 """
 from __future__ import annotations
 
@@ -295,20 +297,19 @@ def _table(s, source_dir):
 
 # ---------------------------------------------------------------------------------------- eval filter
 def _dedup(s, rows, text_fields, source_dir, report):
-    if s.dedup is None:
-        return rows
-    hf_id = s.dedup.hf_id or s.hf_id
-    table = load_table(hf_id, s.dedup.config, s.dedup.split, source_dir, data_files=s.dedup.data_files,
-                       revision=s.dedup.revision)
-    eval_texts = []
-    for f in s.dedup.fields:
-        for v in column_values(table, f"dedup.{f}", f, hf_id):
-            for t in (v if isinstance(v, (list, tuple)) else [v]):  # MTEB clustering rows may hold lists
-                if isinstance(t, str) and t.strip():
-                    eval_texts.append(t)
-    dr = DedupReport(sources=[f"{hf_id} [{s.dedup.split}]"])
-    kept = exclude_near_duplicates(rows, text_fields, eval_texts, s.dedup.threshold, dr)
-    if dr.rows_removed:
-        report.filtered[f"near-duplicate of {hf_id} [{s.dedup.split}] (BM25 >= {s.dedup.threshold})"] += \
-            dr.rows_removed
-    return kept
+    """Rows minus near-duplicates of each `dedup` split in turn, counted per split (a row near two
+    splits is counted at the first)."""
+    for d in s.dedup or []:
+        hf_id = d.hf_id or s.hf_id
+        table = load_table(hf_id, d.config, d.split, source_dir, data_files=d.data_files, revision=d.revision)
+        eval_texts = []
+        for f in d.fields:
+            for v in column_values(table, f"dedup.{f}", f, hf_id):
+                for t in (v if isinstance(v, (list, tuple)) else [v]):  # MTEB clustering rows may hold lists
+                    if isinstance(t, str) and t.strip():
+                        eval_texts.append(t)
+        dr = DedupReport(sources=[f"{hf_id} [{d.split}]"])
+        rows = exclude_near_duplicates(rows, text_fields, eval_texts, d.threshold, dr)
+        if dr.rows_removed:
+            report.filtered[f"near-duplicate of {hf_id} [{d.split}] (BM25 >= {d.threshold})"] += dr.rows_removed
+    return rows

@@ -58,7 +58,7 @@ class SetSpec:
     split: str = MISSING
     fields: Dict[str, Any] = MISSING  # role -> column, or a list of columns joined with a space
     samples: int = MISSING
-    dedup: Optional[DedupSpec] = MISSING
+    dedup: Optional[List[DedupSpec]] = MISSING  # filters run in order; one mapping = a list of one
     checked: str = MISSING  # where the id, config, split and columns were checked (and what was not)
     # optional keys (absent from most entries; documented in the manifest's header)
     beir: Optional[BeirSpec] = None
@@ -102,6 +102,8 @@ def load_manifest(path: str | Path, registry: TaskRegistry):
         for i, raw_set in enumerate(m[stage]):
             name = raw_set.get("name", "?") if hasattr(raw_set, "get") else "?"
             where = f"{path}: {stage}[{i}] ({name})"
+            if hasattr(raw_set, "get") and hasattr(raw_set.get("dedup"), "keys"):
+                raw_set["dedup"] = [raw_set["dedup"]]  # one evaluation split: a list of one filter
             s = merge_onto_schema(SetSpec, raw_set, where, ManifestError, key_sep=".")
             sets.append(s)
             if s.name in names:
@@ -142,5 +144,6 @@ def _check_set(s, where: str, registry: TaskRegistry) -> None:
         raise ManifestError(f"{where}.data_files: a raw file has no config and no BEIR layout (config: null)")
     if not s.checked.strip():
         raise ManifestError(f"{where}.checked: name where the id, config, split and columns were checked")
-    if s.dedup is not None and not 0 < s.dedup.threshold <= 1:
-        raise ManifestError(f"{where}.dedup.threshold: must be in (0, 1], got {s.dedup.threshold}")
+    for i, d in enumerate(s.dedup or []):
+        if not 0 < d.threshold <= 1:
+            raise ManifestError(f"{where}.dedup[{i}].threshold: must be in (0, 1], got {d.threshold}")
