@@ -116,7 +116,7 @@ def test_no_text_shared_between_training_and_heldout(small):
     assert {module_of(i) for i in held_ids} <= held_modules
 
 
-@pytest.mark.parametrize("split", ["heldout", "val"])
+@pytest.mark.parametrize("split", ["heldout", "val", "heldout_manpages"])
 def test_beir_layout_and_qrels(small, split):
     root = small / split
     corpus, queries = _jsonl(root / "corpus.jsonl"), _jsonl(root / "queries.jsonl")
@@ -211,3 +211,54 @@ def test_package_docstrings_join_training_only():
     assert any(e["pos"] == "numpy" for e in extra["stage2"] if e["task"] == dd.CLUSTERING)
     with pytest.raises(ValueError, match="no allowlisted modules"):
         dd.build(dd.DemoDataConfig(**cfg, packages="no_such_package"))
+
+
+PAGE = r""".\" Copyright (C) the authors
+.TH open 2 2023-02-05 "Linux man-pages 6.03"
+.SH NAME
+open, openat, creat \- open and possibly create a file
+.SH SYNOPSIS
+.nf
+.B #include <fcntl.h>
+.fi
+.SH DESCRIPTION
+The
+.BR open ()
+system call opens the file specified by
+.IR pathname .
+If the specified file does not exist, it may optionally (if
+.B O_CREAT
+is specified in
+.IR flags )
+be created by \fBopen\fP().
+The return value of \fIopen\fR() is a file descriptor, a small, nonnegative integer that is an index
+to an entry in the process\(aqs table of open file descriptors \(em see below.
+.SH RETURN VALUE
+.BR open ()
+returns the new file descriptor.
+"""
+
+
+def test_manpage_parse_gives_summary_and_plain_description():
+    from nemo_nvembed.recipes.demo_corpus import manpages
+
+    page = manpages.parse(PAGE, "open", "2", 600)
+    assert (page.id, page.section, page.summary) == ("open.2", "2", "open and possibly create a file")
+    assert page.body.startswith("The open() system call opens the file specified by pathname. If the specified")
+    assert "(if O_CREAT is specified in flags) be created by open()." in page.body
+    assert "process's table of open file descriptors - see below." in page.body
+    assert "\\" not in page.body and "RETURN" not in page.body and "returns the new" not in page.body
+    assert manpages.parse(".so man2/open.2\n", "creat", "2", 600) is None  # a link page
+    assert manpages.parse(PAGE.replace("Linux man-pages", "Perl"), "open", "2", 600) is None  # another project
+
+
+def test_manpages_heldout_is_another_domain_disjoint_from_training(small):
+    """The second held-out split: man pages only (no training id or text), its size from the config."""
+    m = json.loads((small / "manifest.json").read_text())
+    corpus, queries = _jsonl(small / "heldout_manpages" / "corpus.jsonl"), _jsonl(small / "heldout_manpages" / "queries.jsonl")
+    assert m["counts"]["heldout_manpages"] == {"queries": len(queries), "corpus": len(corpus)} == {"queries": 150, "corpus": 300}
+    assert all(d["_id"].rsplit(".", 1)[1] in {"2", "3", "5", "7"} for d in corpus)
+    train = {text_key(t) for name in ("stage1.jsonl", "stage2.jsonl")
+             for r in _jsonl(small / name) for t in (r["query"], r["pos"], *r["neg"])}
+    assert not train & _split_texts(small / "heldout_manpages")
+    assert not _split_texts(small / "val") & _split_texts(small / "heldout_manpages")

@@ -276,6 +276,7 @@ def test_demo_smoke(tmp_path, tokenizer_file):
     cfg.out = str(tmp_path / "demo")
     cfg.base_source, cfg.base_model_config = str(hf), "tiny"
     cfg.eval_precision = "fp32"
+    cfg.minilm_baseline = False  # its scorer: tests/test_st_baseline.py (saves ~25 s here)
     cfg.common = [x for x in cfg.common if not x.startswith("model=")] + ["model=tiny", "trainer.precision=32-true"]
     cfg.stage1 = [x for x in cfg.stage1 if "max_steps" not in x] + ["trainer.max_steps=2"]
     cfg.stage2 = [x for x in cfg.stage2 if "max_steps" not in x] + ["trainer.max_steps=2"]
@@ -286,9 +287,10 @@ def test_demo_smoke(tmp_path, tokenizer_file):
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert list(results["results"]) == ["BM25 (bm25s, no training)", "base model, mean pooling", "after stage1",
                                         "after stage2"]
+    assert list(results["results_heldout_manpages"]) == ["BM25 (bm25s, no training)", "after stage2"]
     assert [step for step, _, _ in results["curves"]["after stage2"]] == [2]
     assert (tmp_path / "demo" / "runs" / "stage2" / "stage2.nemo").exists()
     assert (tmp_path / "demo" / "learning_curve.png").stat().st_size > 0
-    assert "| after stage2 | 2 |" in p.stdout
+    assert "| after stage2 | 2 |" in p.stdout and "heldout_manpages nDCG@10" in p.stdout
     assert "UserWarning" not in p.stdout + p.stderr  # library warnings go to the log file
     assert "UserWarning" in (tmp_path / "demo" / "demo.log").read_text()

@@ -27,12 +27,13 @@ from omegaconf import OmegaConf
 from nemo_nvembed.data.tasks import TaskRegistry
 from nemo_nvembed.eval.bm25_baseline import score_bm25
 from nemo_nvembed.eval.learning_curve import plot, read_validation
+from nemo_nvembed.eval.st_baseline import minilm_path, score_sentence_transformer
 from nemo_nvembed.paths import CONF, REPO
 from nemo_nvembed.recipes.console import Console, DemoFailed
 
 
 def evaluate(con: Console, nemo: Path, beir: Path, instruction: str, precision: str) -> dict:
-    cache = nemo.with_suffix(".heldout.json")
+    cache = nemo.with_suffix(f".{beir.name}.json")
     stamp = f"{nemo.stat().st_size}-{nemo.stat().st_mtime_ns}"
     if cache.exists():
         cached = json.loads(cache.read_text())
@@ -85,12 +86,23 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
             con.run([sys.executable, "-m", "nemo_nvembed.convert", "from-hf", dcfg.base_source, "--out", str(nemo),
                      "--model-config", dcfg.base_model_config, *fmt(dcfg.base_overrides), *extra], REPO)
 
-    con.say("3/6 held-out baselines: BM25 and the base model with mean pooling")
-    results = {"BM25 (bm25s, no training)": score_bm25(data / "heldout")}
+    second = data / dcfg.heldout2.folder if dcfg.get("heldout2") and (data / dcfg.heldout2.folder).exists() else None
+    instruction2 = registry[dcfg.heldout2.task].eval_instruction if second else None
+    con.say("3/6 held-out baselines: BM25, all-MiniLM-L6-v2 and the base model with mean pooling")
+    results, results2 = {"BM25 (bm25s, no training)": score_bm25(data / "heldout")}, {}
+    if second:
+        results2["BM25 (bm25s, no training)"] = score_bm25(second)
+    minilm = minilm_path() if dcfg.get("minilm_baseline", False) else None
+    if minilm is not None:  # the offline package (make install puts it in); a reference row, not a teacher here
+        name = "all-MiniLM-L6-v2 (22M, trained on 1B pairs)"
+        results[name] = score_sentence_transformer(data / "heldout", minilm)
+        if second:
+            results2[name] = score_sentence_transformer(second, minilm)
     results["base model, mean pooling"] = evaluate(con, out / "base_mean.nemo", data / "heldout", instruction,
                                                    dcfg.eval_precision)
     for name, r in results.items():
-        con.note(f"{name}: nDCG@10 {r['ndcg@10']:.4f}")
+        con.note(f"{name}: nDCG@10 {r['ndcg@10']:.4f}" + (f"; {second.name} {results2[name]['ndcg@10']:.4f}"
+                                                          if name in results2 else ""))
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dcfg.processes),
                 "-m", "nemo_nvembed.train"]
@@ -112,13 +124,22 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
         curves.append((f"after {stage}", points))
         step, ndcg, recall = points[-1]
         results[f"after {stage}"] = {"ndcg@10": ndcg, "recall@100": recall, "steps": step}
+        if second and stage == "stage2":  # the final model only (an evaluation costs ~1 min on 2 cores)
+            results2[f"after {stage}"] = {**evaluate(con, nemo, second, instruction2, dcfg.eval_precision), "steps": step}
 
     con.say("held-out results")
-    rows = ["| model | training steps | nDCG@10 | Recall@100 |", "|---|---|---|---|"]
-    rows += [f"| {k} | {v.get('steps', 0)} | {v['ndcg@10']:.4f} | {v['recall@100']:.4f} |" for k, v in results.items()]
+    rows = ["| model | training steps | nDCG@10 | Recall@100 |" + (f" {second.name} nDCG@10 | Recall@100 |" if second else ""),
+            "|---|---|---|---|" + ("---|---|" if second else "")]
+    two = lambda k: (f" {results2[k]['ndcg@10']:.4f} | {results2[k]['recall@100']:.4f} |" if k in results2  # noqa: E731
+                     else " - | - |") if second else ""
+    rows += [f"| {k} | {v.get('steps', 0)} | {v['ndcg@10']:.4f} | {v['recall@100']:.4f} |{two(k)}" for k, v in results.items()]
     table = "\n".join(rows)
     bm25 = results["BM25 (bm25s, no training)"]
-    print(f"held-out: {bm25['queries']} queries, {bm25['corpus']} documents (modules unseen in training)\n")
+    print(f"held-out: {bm25['queries']} queries, {bm25['corpus']} documents (modules unseen in training)")
+    if second:
+        b2 = results2["BM25 (bm25s, no training)"]
+        print(f"{second.name}: {b2['queries']} queries, {b2['corpus']} documents ({dcfg.heldout2.description})")
+    print()
     print(table, flush=True)
     con.log.write(table + "\n")
     png = plot([(name.replace("after ", ""), pts) for name, pts in curves],
@@ -126,6 +147,7 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
                {"BM25": bm25["ndcg@10"]}, out / "learning_curve.png",
                f"held-out nDCG@10 ({bm25['queries']} queries, {bm25['corpus']} documents)")
     (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"results": results, "curves": dict(curves)}, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps({"results": results, "results_" + (second.name if second else "none"): results2,
+                                                  "curves": dict(curves)}, indent=2) + "\n")
     con.say(f"done in {time.time() - con.t0:.0f}s: .nemo files under {out}/runs, table {out}/results.md, "
             f"learning curve {png}, log {con.log_path}")

@@ -21,6 +21,8 @@ Tasks, written as ``{"task", "query", "pos", "neg", "pos_id", "neg_ids"}`` JSONL
 Held-out evaluation (``heldout/``) and in-training validation (``val/``) use the BEIR layout.
 The held-out split is by module, so no module contributes text to both sides; the code asserts
 that no normalised text appears in both training files and held-out files.
+A second held-out split of another domain (``heldout_manpages/``: Linux man pages, :mod:`.manpages`)
+is read by no training task; the same check covers it.
 
 Instructions for the three tasks live in the task registry (conf/tasks.yaml), not here.
 
@@ -41,6 +43,7 @@ from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.bm25 import Bm25, text_key
 from nemo_nvembed.data.jsonl_io import write_jsonl
 from nemo_nvembed.data.neardup import near_duplicates as find_near_duplicates
+from nemo_nvembed.recipes.demo_corpus import manpages
 from nemo_nvembed.recipes.demo_corpus.docstrings import DocItem
 from nemo_nvembed.recipes.demo_corpus.package_docs import PACKAGE_MODULES, collect_packages
 from nemo_nvembed.recipes.demo_corpus.stdlib_docs import MODULE_AREAS, collect_module, collect_topics, dedupe
@@ -68,6 +71,8 @@ class DemoDataConfig:
     max_per_label: int = 30  # classification, stratified over modules
     max_per_area: int = 80  # clustering, stratified over areas
     packages: str = ""  # comma-separated installed packages whose docstrings join training (package_docs.py)
+    manpages_queries: int = 150  # second held-out domain: Linux man pages (manpages.py); 0 = none
+    manpages_corpus: int = 300
 
     def __post_init__(self):
         if not 0 < self.heldout_frac < 1 or not 0 < self.perc_pos <= 1 or not 0 < self.near_dup_ratio <= 1:
@@ -263,7 +268,15 @@ def build(cfg: DemoDataConfig) -> dict:
             "classification_per_label": per_label, "clustering_per_area": per_area,
         },
     }
-    return {"stage1": retrieval, "stage2": stage2, "heldout": heldout, "val": val, "manifest": manifest}
+    if cfg.manpages_queries:  # a domain no training task reads (manpages.py)
+        pages = manpages.collect(manpages.man_root(), cfg.max_chars)
+        manual = manpages.heldout_split(pages, cfg.manpages_queries, cfg.manpages_corpus, cfg.seed)
+        manifest["source_heldout_manpages"] = f"{len(pages)} Linux man-pages project pages, sections {manpages.SECTIONS}"
+        manifest["counts"]["heldout_manpages"] = {"queries": len(manual["queries"]), "corpus": len(manual["corpus"])}
+    else:
+        manual = None
+    return {"stage1": retrieval, "stage2": stage2, "heldout": heldout, "val": val, "manifest": manifest,
+            "heldout_manpages": manual}
 
 
 def check_no_overlap(data: dict) -> int:
@@ -275,10 +288,12 @@ def check_no_overlap(data: dict) -> int:
              for t in (e["query"], e["pos"], *e["neg"])}
     val = {text_key(r["text"]) for split in ("corpus", "queries") for r in data["val"][split]}
     held = {text_key(r["text"]) for split in ("corpus", "queries") for r in data["heldout"][split]}
-    for name, a, b in (("train/held-out", train, held), ("val/held-out", val, held), ("train/val", train, val)):
+    manual = {text_key(r["text"]) for split in ("corpus", "queries") for r in (data.get("heldout_manpages") or {}).get(split, [])}
+    for name, a, b in (("train/held-out", train, held), ("val/held-out", val, held), ("train/val", train, val),
+                       ("train/man-pages held-out", train, manual), ("val/man-pages held-out", val, manual)):
         if a & b:
             raise RuntimeError(f"{name} overlap in {len(a & b)} texts, e.g. {sorted(a & b)[:3]}")
-    return len(train) + len(val) + len(held)
+    return len(train) + len(val) + len(held) + len(manual)
 
 
 def _write_beir(root: Path, split: dict) -> None:
@@ -295,6 +310,8 @@ def write(out: Path, data: dict) -> None:
     write_jsonl(out / "stage2.jsonl", data["stage2"])
     _write_beir(out / "heldout", data["heldout"])
     _write_beir(out / "val", data["val"])
+    if data.get("heldout_manpages"):
+        _write_beir(out / "heldout_manpages", data["heldout_manpages"])
     (out / "manifest.json").write_text(json.dumps(data["manifest"], indent=2) + "\n", encoding="utf-8")
 
 
