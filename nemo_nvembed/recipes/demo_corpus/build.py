@@ -113,10 +113,10 @@ def mine_negatives(queries: list[str], pos_index: list[int], corpus: list[str], 
 def mine_negatives_dense(queries: list[str], pos_index: list[int], corpus: list[str], ids: list[str],
                          cfg: DemoDataConfig, rng: random.Random) -> tuple[list[list[int]], Counter]:
     """Hard negatives ranked by the offline all-MiniLM-L6-v2 (converters/mining.mine, the recipe's
-    miner): the positive and copies of it skipped, every candidate scoring above perc_pos of the
-    positive's own score dropped (NV-Retriever's TopK-PercPos: a real encoder is a strong enough
-    teacher to filter every candidate, unlike BM25 from a one-line summary); short lists filled at
-    random, seeded."""
+    miner) over the whole corpus: the positive and copies of it skipped, every candidate scoring
+    above perc_pos of the positive's own score dropped (NV-Retriever's TopK-PercPos: a real encoder is
+    a strong enough teacher to filter every candidate, unlike BM25 from a one-line summary), the best
+    remaining ones kept. No random fill: it could bring back a dropped candidate."""
     from nemo_nvembed.converters.mining import mine
     from nemo_nvembed.data.beir_folder import RetrievalSet
     from nemo_nvembed.eval.st_baseline import minilm_path
@@ -128,17 +128,14 @@ def mine_negatives_dense(queries: list[str], pos_index: list[int], corpus: list[
     qids = [f"q{k}" for k in range(len(queries))]
     data = RetrievalSet(ids, corpus, qids, queries, {q: {ids[p]: 1.0} for q, p in zip(qids, pos_index)}, len(qids))
     teacher = TeacherFactory(f"hf:{path}", progress=False).for_corpus(corpus, instruction=None)
-    pairs, summary = mine(data, teacher, top_k=50, num_negatives=cfg.num_neg, perc_pos=cfg.perc_pos, progress=False)
+    pairs, summary = mine(data, teacher, top_k=len(corpus), num_negatives=cfg.num_neg, perc_pos=cfg.perc_pos,
+                          progress=False)
     found = {m.query_id: m.negs for m in pairs}
-    keys, stats, out = [text_key(t) for t in corpus], Counter(dict(summary.candidate_drops)), []
-    for q, p in zip(qids, pos_index):
-        negs = list(found.get(q, []))
-        if len(negs) < cfg.num_neg:
-            stats["examples_with_random_fill"] += 1
-            rest = sorted(j for j in range(len(corpus)) if j != p and keys[j] != keys[p] and j not in negs)
-            negs += rng.sample(rest, cfg.num_neg - len(negs))
-        out.append(negs)
-    return out, stats
+    short = [queries[k] for k, q in enumerate(qids) if len(found.get(q, [])) < cfg.num_neg]
+    if short:  # ranked over the whole corpus: fewer than num_neg documents below the threshold
+        raise UserError(f"--negatives minilm: {len(short)} queries have fewer than {cfg.num_neg} documents below "
+                        f"perc_pos x their positive's score (e.g. {short[0]!r}); lower --num-neg")
+    return [found[q] for q in qids], Counter(dict(summary.candidate_drops))
 
 
 def split_modules(sizes: dict[str, int], cfg: DemoDataConfig) -> set[str]:
