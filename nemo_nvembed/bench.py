@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
                         "the MFU they bound at --peak-tflops (default 989: H100 bf16) (benchmark/dry.py)")
     p.add_argument("--host-us-per-call", type=float, default=10.0,
                    help="--dry: host time per dispatched operator (eager launch cost) for the launch bound")
+    p.add_argument("--dry-device", choices=["cuda", "cpu"], default="cuda",
+                   help="--dry: count the step as it runs on this device where ours differs by device (packed "
+                        "attention: CUDA's one varlen call per layer, or the CPU's length groups)")
     p.add_argument("--hbm-tbps", type=float, default=3.35, help="--dry: GPU memory bandwidth, TB/s (H100 SXM: 3.35)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--warmup", type=int, default=1)

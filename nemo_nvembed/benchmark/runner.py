@@ -269,7 +269,7 @@ def _spec(args, config: dict, data, tmp: Path) -> dict:
             "data": str(data), "queries": args.queries, "negatives": config["train"]["data"]["num_negatives"],
             "train": config["train"], "recompute": config["recompute"], "fused_dropout": args.fused_dropout,
             "step_memory": not args.no_step_memory, "precision": args.precision, "warmup": args.warmup,
-            "steps": args.steps, "dry": args.dry}
+            "steps": args.steps, "dry": args.dry, "dry_device": args.dry_device}
 
 
 def _compare_dry(args, data, tmp: Path) -> None:
@@ -288,7 +288,7 @@ def _compare_dry(args, data, tmp: Path) -> None:
     r = json.loads(line.split(" ", 1)[1])
     peak = args.peak_tflops or 989.0  # H100 SXM dense bf16
     r.update(mfu_bounds(r, peak, args.host_us_per_call, args.hbm_tbps))
-    print(f"\nmodel {args.model}{f' ({args.layers} layers)' if args.layers else ''}, dry (meta device), "
+    print(f"\nmodel {args.model}{f' ({args.layers} layers)' if args.layers else ''}, dry ({r['device']}), "
           f"{args.queries} queries x (1 + {config['train']['data']['num_negatives']}) passages, {r['tokens_real']:,} real tokens")
     header = ["system", "padding", "model TFLOP", "executed / model", "aten calls", "host syncs", "non-matmul B/token",
               f"compute s at {peak:.0f} TFLOP/s", f"non-matmul s at {args.hbm_tbps:g} TB/s",

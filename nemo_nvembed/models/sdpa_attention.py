@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 
 _varlen_failed = False  # set once varlen attention raised (warned once; the grouped path from then on)
+META_RUNS_CUDA_PATH = False  # bench --dry (benchmark/dry.py): meta tensors take CUDA's path, to count the GPU step
 
 try:  # torch >= 2.9 on CUDA: variable-length flash attention
     from torch.nn.attention.varlen import varlen_attn
@@ -59,7 +60,7 @@ class SDPACoreAttention(MegatronModule):
         """Each sequence of the pack attends within itself (causal when ``self.causal``)."""
         global _varlen_failed
         causal = self.causal
-        if query.is_cuda and varlen_attn is not None and not _varlen_failed:
+        if _cuda_path(query) and varlen_attn is not None and not _varlen_failed:
             cu = params.cu_seqlens_device  # models/packing.Pack.thd_params
             try:
                 return varlen_attn(query, key, value, cu, cu, params.max_seqlen_q,
@@ -71,7 +72,7 @@ class SDPACoreAttention(MegatronModule):
                 warnings.warn(f"packed attention: varlen flash attention failed ({type(e).__name__}: {e}); "
                               f"using padded SDPA calls over length groups")
         groups = getattr(params, "cpu_groups", None)
-        if groups is None and query.is_cuda and hasattr(params, "pack"):  # CUDA without varlen: the grouped path
+        if groups is None and _cuda_path(query) and hasattr(params, "pack"):  # CUDA without varlen: the grouped path
             groups = params.pack.attention_groups
         if groups is not None and not causal:  # a few padded calls (models/packing.AttentionGroups)
             outs = []
@@ -91,6 +92,10 @@ class SDPACoreAttention(MegatronModule):
             o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=self.softmax_scale)  # [1, np, s_i, hn]
             outs.append(o[0].transpose(0, 1))  # [s_i, np, hn]
         return torch.cat(outs)  # [t, np, hn]
+
+
+def _cuda_path(query) -> bool:
+    return query.is_cuda or (META_RUNS_CUDA_PATH and query.is_meta)
 
 
 def _expand_groups(q, k, v):
