@@ -19,16 +19,14 @@ import dataclasses
 import gzip
 import random
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
-from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.recipes.demo_corpus import debian
 from nemo_nvembed.recipes.demo_corpus.docstrings import trim
 
 SECTIONS = ("2", "3", "5", "7")  # system calls, library functions, file formats, overviews
 PACKAGES = ("manpages", "manpages-dev")
-CACHE = Path.home() / ".cache" / "nemo_nvembed" / "manpages"
+CACHE = debian.CACHE / "manpages"
 
 _FONT = re.compile(r"\\f(\[[^\]]*\]|\(..|.)")  # \fB \fI \fR \fP \f(CW \f[B]
 _ESCAPES = [(re.compile(r"\\\(em|\\\(en"), "-"), (re.compile(r"\\-"), "-"), (re.compile(r"\\\(aq"), "'"),
@@ -49,25 +47,9 @@ class ManPage:
 
 def man_root() -> Path:
     """/usr/share/man when the man-pages project's pages are installed there, else the unpacked
-    Debian packages in the cache (downloaded once)."""
-    system = Path("/usr/share/man")
-    if (system / "man2" / "open.2.gz").exists():
-        return system
-    root = CACHE / "usr" / "share" / "man"
-    if (root / "man2" / "open.2.gz").exists():
-        return root
-    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
-        raise UserError("the demo's second held-out split needs the Linux man pages: install Debian's "
-                        "'manpages' and 'manpages-dev' (apt-get and dpkg-deb were not found to fetch them)")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["apt-get", "download", *PACKAGES], cwd=CACHE, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise UserError(f"apt-get download {' '.join(PACKAGES)} failed in {CACHE}: {p.stderr.strip()[-500:]}")
-    for deb in sorted(CACHE.glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(CACHE)], check=True)
-    if not (root / "man2" / "open.2.gz").exists():
-        raise UserError(f"unpacked {PACKAGES} into {CACHE} but found no {root / 'man2' / 'open.2.gz'}")
-    return root
+    Debian packages in the cache (downloaded once; :func:`.debian.package_root`)."""
+    purpose = "the demo's second held-out split (Linux man pages)"
+    return debian.package_root(PACKAGES, "usr/share/man/man2/open.2.gz", CACHE, purpose) / "usr" / "share" / "man"
 
 
 def plain(line: str) -> str:
