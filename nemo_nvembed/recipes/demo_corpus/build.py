@@ -24,6 +24,10 @@ that no normalised text appears in both training files and held-out files.
 A second held-out split of another domain (``heldout_manpages/``: Linux man pages, :mod:`.manpages`)
 is read by no training task; the same check covers it.
 
+General-domain training sources (``--sources foldoc,jargon,wordnet``: two computing glossaries and
+WordNet, from Debian packages; :mod:`.extra_sources`) add retrieval tasks of their own to stages 1
+and 2, filtered against both held-out splits; none by default.
+
 Instructions for the three tasks live in the task registry (conf/tasks.yaml), not here.
 
 Usage: ``python -m nemo_nvembed.demo_data --out DIR [--seed 0] [--max-train N ...]``.
@@ -45,6 +49,7 @@ from nemo_nvembed.data.jsonl_io import write_jsonl
 from nemo_nvembed.data.neardup import near_duplicates as find_near_duplicates
 from nemo_nvembed.recipes.demo_corpus import manpages
 from nemo_nvembed.recipes.demo_corpus.docstrings import DocItem
+from nemo_nvembed.recipes.demo_corpus.extra_sources import build_sources, source_names
 from nemo_nvembed.recipes.demo_corpus.package_docs import PACKAGE_MODULES, collect_packages
 from nemo_nvembed.recipes.demo_corpus.stdlib_docs import MODULE_AREAS, collect_module, collect_topics, dedupe
 
@@ -74,6 +79,8 @@ class DemoDataConfig:
     negatives: str = "bm25"  # hard-negative teacher: bm25, or minilm (the offline all-MiniLM-L6-v2; mine_negatives_dense)
     manpages_queries: int = 150  # second held-out domain: Linux man pages (manpages.py); 0 = none
     manpages_corpus: int = 300
+    sources: str = ""  # comma-separated general-domain training sources: foldoc, jargon, wordnet (extra_sources.py)
+    max_per_source: int = 500  # pairs sampled per source, before the near-duplicate filter
 
     def __post_init__(self):
         if not 0 < self.heldout_frac < 1 or not 0 < self.perc_pos <= 1 or not 0 < self.near_dup_ratio <= 1:
@@ -82,6 +89,8 @@ class DemoDataConfig:
             raise UserError(f"negatives must be bm25 or minilm, got {self.negatives!r}")
         if min(self.heldout_queries, self.val_queries, self.max_train, self.num_neg, self.max_chars) < 1:
             raise UserError(f"sizes must be positive in {self}")
+        if source_names(self.sources) and self.max_per_source < self.num_neg + 2:
+            raise UserError(f"max_per_source must be at least num_neg + 2 = {self.num_neg + 2}, got {self.max_per_source}")
 
 
 def mine_negatives(queries: list[str], pos_index: list[int], corpus: list[str], ids: list[str],
@@ -277,6 +286,14 @@ def build(cfg: DemoDataConfig) -> dict:
         CLUSTERING, titled, lambda a: a, lambda i: i.area, cfg.max_per_area, cfg.num_neg, rng,
         lambda i: i.summary if i.kind == "topic" else f"{i.id}: {i.summary}")
 
+    manual = None
+    if cfg.manpages_queries:  # a domain no training task reads (manpages.py)
+        pages = manpages.collect(manpages.man_root(), cfg.max_chars)
+        manual = manpages.heldout_split(pages, cfg.manpages_queries, cfg.manpages_corpus, cfg.seed)
+    manual_texts = [r["text"] for split in ("queries", "corpus") for r in (manual or {}).get(split, [])]
+    extra, extra_manifest = build_sources(cfg, held_texts, manual_texts, miner)  # none unless cfg.sources
+    retrieval += extra
+
     # Shuffled so that a sequential reader never sees one module per batch; stage 2 is blended
     # (every batch mixes the tasks, Table 5).
     random.Random(cfg.seed + 1).shuffle(retrieval)
@@ -293,20 +310,17 @@ def build(cfg: DemoDataConfig) -> dict:
                       "near_duplicates_of_heldout_removed": len(near),
                       f"{cfg.negatives}_mining": dict(sorted((str(k), v) for k, v in mining.items()))},
         "counts": {
-            "stage1": {RETRIEVAL: len(retrieval)},
+            "stage1": dict(sorted(Counter(e["task"] for e in retrieval).items())),
             "stage2": dict(sorted(Counter(e["task"] for e in stage2).items())),
             "heldout": {"queries": len(heldout["queries"]), "corpus": len(heldout["corpus"])},
             "val": {"queries": len(val["queries"]), "corpus": len(val["corpus"])},
             "classification_per_label": per_label, "clustering_per_area": per_area,
         },
+        "extra_sources": extra_manifest,
     }
-    if cfg.manpages_queries:  # a domain no training task reads (manpages.py)
-        pages = manpages.collect(manpages.man_root(), cfg.max_chars)
-        manual = manpages.heldout_split(pages, cfg.manpages_queries, cfg.manpages_corpus, cfg.seed)
+    if manual is not None:
         manifest["source_heldout_manpages"] = f"{len(pages)} Linux man-pages project pages, sections {manpages.SECTIONS}"
         manifest["counts"]["heldout_manpages"] = {"queries": len(manual["queries"]), "corpus": len(manual["corpus"])}
-    else:
-        manual = None
     return {"stage1": retrieval, "stage2": stage2, "heldout": heldout, "val": val, "manifest": manifest,
             "heldout_manpages": manual}
 
@@ -358,6 +372,13 @@ def build_and_write(out: Path, cfg: DemoDataConfig) -> dict:
     print(f"modules: {len(m['modules']['train'])} train-side, {len(m['modules']['heldout'])} held out "
           f"({', '.join(m['modules']['heldout'])}), skipped {sorted(m['modules']['skipped']) or 'none'}")
     print(f"filtering: {json.dumps(m['filtering'])}")
+    for name, info in m["extra_sources"].items():
+        same = info.get("same_headword_as_jargon_removed")
+        print(f"source {name} ({info['package']} {info['version']}, {info['task']}): {info['parsed']} parsed, "
+              f"{info['usable']} usable (skipped {json.dumps(info['skipped'])}), "
+              + (f"{same} dropped as headwords the Jargon File defines, " if same is not None else "")
+              + f"{info['sampled']} sampled, near-duplicates of held-out removed "
+              f"{json.dumps(info['near_duplicates_removed'])}, {info['examples']} examples")
     for split, counts in m["counts"].items():
         print(f"  {split}: {json.dumps(counts)}")
     print(f"overlap check: OK, 0 shared texts among {n_texts} distinct train/val/held-out texts")
