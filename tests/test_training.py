@@ -285,8 +285,7 @@ def test_demo_smoke(tmp_path, tokenizer_file):
                        capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert list(results["results"]) == ["BM25 (bm25s, no training)", "base model, mean pooling", "after stage1",
-                                        "after stage2"]
+    assert list(results["results"]) == ["BM25 (bm25s, no training)", "after stage1", "after stage2"]  # base_mean_baseline: false
     assert list(results["results_heldout_manpages"]) == ["BM25 (bm25s, no training)", "after stage2"]
     assert [step for step, _, _ in results["curves"]["after stage2"]] == [2]
     assert (tmp_path / "demo" / "runs" / "stage2" / "stage2.nemo").exists()

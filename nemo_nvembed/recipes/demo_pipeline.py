@@ -78,7 +78,8 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
     con.note(f"stage 1: {counts['stage1']}; stage 2: {counts['stage2']}; held-out: {counts['heldout']}")
 
     con.say(f"2/6 base model: {dcfg.base_source} (mean-pooling baseline and the model to train)")
-    for name, extra in (("base_mean", ["model.pooling.type=mean"]), ("base", [])):
+    base_mean = dcfg.get("base_mean_baseline", True)  # the untrained model's row: one more conversion and evaluation
+    for name, extra in ((("base_mean", ["model.pooling.type=mean"]),) if base_mean else ()) + (("base", []),):
         nemo = out / f"{name}.nemo"
         if nemo.exists():
             con.note(f"(exists) {nemo}")
@@ -91,7 +92,7 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
         con.note(f"no {second}: the second held-out split is left out of the table")
         second = None
     instruction2 = registry[dcfg.heldout2.task].eval_instruction if second else None
-    con.say("3/6 held-out baselines: BM25, all-MiniLM-L6-v2 and the base model with mean pooling")
+    con.say("3/6 held-out baselines: BM25, all-MiniLM-L6-v2" + (" and the base model with mean pooling" if base_mean else ""))
     results, results2 = {"BM25 (bm25s, no training)": score_bm25(data / "heldout")}, {}
     if second:
         results2["BM25 (bm25s, no training)"] = score_bm25(second)
@@ -101,8 +102,9 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
         results[name] = score_sentence_transformer(data / "heldout", minilm)
         if second:
             results2[name] = score_sentence_transformer(second, minilm)
-    results["base model, mean pooling"] = evaluate(con, out / "base_mean.nemo", data / "heldout", instruction,
-                                                   dcfg.eval_precision)
+    if base_mean:
+        results["base model, mean pooling"] = evaluate(con, out / "base_mean.nemo", data / "heldout", instruction,
+                                                       dcfg.eval_precision)
     for name, r in results.items():
         con.note(f"{name}: nDCG@10 {r['ndcg@10']:.4f}" + (f"; {second.name} {results2[name]['ndcg@10']:.4f}"
                                                           if name in results2 else ""))
@@ -146,8 +148,9 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
     print(table, flush=True)
     con.log.write(table + "\n")
     png = plot([(name.replace("after ", ""), pts) for name, pts in curves],
-               ("base model, mean pooling", results["base model, mean pooling"]["ndcg@10"]),
-               {"BM25": bm25["ndcg@10"]}, out / "learning_curve.png",
+               ("base model, mean pooling", results["base model, mean pooling"]["ndcg@10"]) if base_mean else None,
+               {k.split(" (")[0]: v["ndcg@10"] for k, v in results.items() if k.startswith(("BM25", "all-MiniLM"))},
+               out / "learning_curve.png",
                f"held-out nDCG@10 ({bm25['queries']} queries, {bm25['corpus']} documents)")
     (out / "results.md").write_text(table + "\n")
     both = {"results": results, **({f"results_{second.name}": results2} if second else {}), "curves": dict(curves)}
