@@ -77,8 +77,8 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
     counts = json.loads((data / "manifest.json").read_text())["counts"]
     con.note(f"stage 1: {counts['stage1']}; stage 2: {counts['stage2']}; held-out: {counts['heldout']}")
 
-    con.say(f"2/6 base model: {dcfg.base_source} (mean-pooling baseline and the model to train)")
     base_mean = dcfg.get("base_mean_baseline", True)  # the untrained model's row: one more conversion and evaluation
+    con.say(f"2/6 base model: {dcfg.base_source} ({'mean-pooling baseline and ' if base_mean else ''}the model to train)")
     for name, extra in ((("base_mean", ["model.pooling.type=mean"]),) if base_mean else ()) + (("base", []),):
         nemo = out / f"{name}.nemo"
         if nemo.exists():
