@@ -38,7 +38,8 @@ def dry_worker(spec: dict, cfg, registry, exs, text, tcfg, batch) -> dict:
     from nemo_nvembed.training import objective as objective_module
 
     os.environ["NVEMBED_FUSED_DROPOUT"] = "1" if spec.get("fused_dropout", True) else "auto"
-    sdpa_attention.META_RUNS_CUDA_PATH = spec.get("dry_device", "cuda") == "cuda"
+    path = spec.get("dry_device", "cuda")
+    sdpa_attention.META_RUNS_CUDA_PATH = path == "cuda"
     with torch.device("meta"):
         model = NVEmbedNetwork(cfg)
     dtype = torch.bfloat16 if spec.get("precision", "fp32") == "bf16" else torch.float32
@@ -56,7 +57,7 @@ def dry_worker(spec: dict, cfg, registry, exs, text, tcfg, batch) -> dict:
     real, padded = objective.tokens["real"], objective.tokens["padded"]
     needed = model_flops(cfg, [*batch.queries.lengths, *batch.docs.lengths], pooled_lengths(batch))
     nonmatmul = counts.pop("nonmatmul_bytes")
-    return {"system": "ours (dry)", "device": f"meta ({spec.get('dry_device', 'cuda')} path, {dtype})", "tokens_real": real, "tokens_padded": padded,
+    return {"system": "ours (dry)", "device": f"meta ({path} path, {dtype})", "tokens_real": real, "tokens_padded": padded,
             "padding_waste": (padded - real) / padded, "model_flops": needed, "flops_per_token": needed / real,
             **counts, "nonmatmul_bytes_per_token": nonmatmul / real, "sequences": len(exs) * (2 + spec["negatives"])}
 
