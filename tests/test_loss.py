@@ -1,6 +1,8 @@
-"""Contrastive loss: hand-computed values, masking, stage 2 locality, and the 2-rank gloo run
-whose loss and SUM-reduced gradients must equal one process holding the whole batch (CPU)."""
+"""Contrastive loss: hand-computed values, masking, stage 2 locality, distillation from a teacher's
+vectors, and the 2-rank gloo run whose loss and SUM-reduced gradients must equal one process holding
+the whole batch, with and without a teacher (CPU)."""
 
+import itertools
 import math
 
 import pytest
@@ -10,25 +12,37 @@ import torch.nn.functional as F
 
 from dist_utils import run_distributed
 from nemo_nvembed.data.jsonl import Example
-from nemo_nvembed.training.loss import contrastive_loss
+from nemo_nvembed.training.loss import Teacher, contrastive_loss
 
 T = 0.5
 
 
-def reference_loss(q, pos, neg, in_batch, pos_keys, neg_keys, temperature):
-    """Plain per-query loop over explicit candidate lists; the whole global batch in one process."""
+def reference_loss(q, pos, neg, in_batch, pos_keys, neg_keys, temperature, teacher=None):
+    """Plain per-query loop over explicit candidate lists; the whole global batch in one process.
+    ``teacher``: (tq, tpos, tneg, weight, teacher temperature): + weight x cross-entropy from the
+    teacher's softmax over the same candidates."""
     G, k = neg.shape[:2]
     total = 0.0
     for i in range(G):
-        cands = [pos[i]] + [neg[i, j] for j in range(k)]
+        padding = lambda g, j: neg_keys[g][j] in neg_keys[g][:j]  # noqa: E731 (a repeated slot: scored as absent)
+        rows = [("p", i)] + [("n", i, j) for j in range(k) if not padding(i, j)]
         if in_batch[i]:
             for g in range(G):
                 if g == i:
                     continue
-                cands += [pos[g]] if pos_keys[g] != pos_keys[i] else []
-                cands += [neg[g, j] for j in range(k) if neg_keys[g][j] != pos_keys[i]]
-        sims = torch.stack([F.cosine_similarity(q[i], c, dim=0) for c in cands]) / temperature
+                rows += [("p", g)] if pos_keys[g] != pos_keys[i] else []
+                rows += [("n", g, j) for j in range(k) if neg_keys[g][j] != pos_keys[i] and not padding(g, j)]
+
+        def sims_of(qq, pp, nn):
+            return torch.stack([F.cosine_similarity(qq[i], pp[r[1]] if r[0] == "p" else nn[r[1], r[2]], dim=0)
+                                for r in rows])
+
+        sims = sims_of(q, pos, neg) / temperature
         total = total + (torch.logsumexp(sims, 0) - sims[0])
+        if teacher is not None:
+            tq, tp, tn, weight, tt = teacher
+            soft = torch.softmax(sims_of(tq, tp, tn) / tt, 0)
+            total = total - weight * (soft * torch.log_softmax(sims, 0)).sum()
     return total / G
 
 
@@ -110,6 +124,25 @@ def test_matches_plain_reference_values_and_gradients():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("in_batch", [[True, False, True, True, False, True], [False] * 6])
+def test_distillation_matches_plain_reference(in_batch):
+    """train.distill: + weight x the teacher's soft cross-entropy over exactly the student's candidates
+    (masked duplicates and padding excluded), value and gradients; the teacher gets none."""
+    q, pos, neg = (t.requires_grad_() for t in random_batch())
+    g = torch.Generator().manual_seed(7)
+    tq, tp, tn = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g), torch.randn(6, 3, 5, generator=g)
+    pos_keys = ["a", "b", "a", "c", "d", "e"]
+    neg_keys = [["x", "y", "x"], ["e", "w", "v"], ["u", "t", "s"],
+                ["a", "r", "o"], ["m", "l", "k"], ["j", "c", "h"]]  # query 0: a padding slot
+    out = loss_of(q, pos, neg, in_batch, pos_keys, neg_keys, teacher=Teacher(tq, tp, tn, 0.7, 0.3))
+    plain = loss_of(q, pos, neg, in_batch, pos_keys, neg_keys)
+    ref = reference_loss(q, pos, neg, in_batch, pos_keys, neg_keys, T, teacher=(tq, tp, tn, 0.7, 0.3))
+    torch.testing.assert_close(out.loss, ref)
+    torch.testing.assert_close(out.distill_loss * 0.7, out.loss.detach() - plain.loss.detach())
+    for a, b in zip(torch.autograd.grad(out.loss, (q, pos, neg)), torch.autograd.grad(ref, (q, pos, neg))):
+        torch.testing.assert_close(a, b)
+
+
 def test_stage2_ignores_other_queries_passages():
     q, pos, neg = random_batch()
     G = q.shape[0]
@@ -163,13 +196,18 @@ def dp_inputs():
     return xq, xp, xn, neg_keys
 
 
-def encode_and_loss(rows, xq, xp, xn, in_batch, pos_keys, neg_keys, group):
+def encode_and_loss(rows, xq, xp, xn, in_batch, pos_keys, neg_keys, group, teach=False):
     torch.manual_seed(0)  # the "replicated" encoder: identical init on every rank
     encoder = torch.nn.Linear(D_IN, D_OUT)
+    teacher = None
+    if teach:  # a fixed other encoder's vectors (train.distill): gathered like the student's
+        with torch.no_grad():
+            t = torch.nn.Linear(D_IN, 5)
+            teacher = Teacher(t(xq[rows]), t(xp[rows]), t(xn[rows]), 0.5, 0.1)
     out = contrastive_loss(
         encoder(xq[rows]), encoder(xp[rows]), encoder(xn[rows]), temperature=0.05,
         in_batch=torch.tensor(in_batch)[rows], pos_keys=[pos_keys[i] for i in rows],
-        neg_keys=[neg_keys[i] for i in rows], global_batch_size=G, group=group,
+        neg_keys=[neg_keys[i] for i in rows], global_batch_size=G, group=group, teacher=teacher,
     )
     out.loss.backward()
     return out, [p.grad.clone() for p in encoder.parameters()]
@@ -180,25 +218,29 @@ def _dp_worker(rank, world_size, xq, xp, xn, neg_keys):
     rows = list(range(rank * b, (rank + 1) * b))
     results = {}
     for name, (in_batch, pos_keys) in CASES.items():
-        out, grads = encode_and_loss(rows, xq, xp, xn, in_batch, pos_keys, neg_keys, dist.group.WORLD)
-        for g in grads:
-            dist.all_reduce(g, op=dist.ReduceOp.SUM)  # the training strategy's contract: SUM
-        local = out.loss.detach().clone()
-        dist.all_reduce(local, op=dist.ReduceOp.SUM)
-        results[name] = {"loss_sum": local, "global_loss": out.global_loss, "grads": grads,
-                         "num_masked": int(out.num_masked)}
+        for teach in (False, True):
+            out, grads = encode_and_loss(rows, xq, xp, xn, in_batch, pos_keys, neg_keys, dist.group.WORLD, teach)
+            for g in grads:
+                dist.all_reduce(g, op=dist.ReduceOp.SUM)  # the training strategy's contract: SUM
+            local = out.loss.detach().clone()
+            dist.all_reduce(local, op=dist.ReduceOp.SUM)
+            results[name, teach] = {"loss_sum": local, "global_loss": out.global_loss, "grads": grads,
+                                    "num_masked": int(out.num_masked), "distill_loss": out.distill_loss}
     return results
 
 
 def test_two_gloo_ranks_equal_one_process():
     xq, xp, xn, neg_keys = dp_inputs()
     per_rank = run_distributed(_dp_worker, 2, xq, xp, xn, neg_keys)
-    for name, (in_batch, pos_keys) in CASES.items():
-        single, grads = encode_and_loss(list(range(G)), xq, xp, xn, in_batch, pos_keys, neg_keys, None)
+    for (name, (in_batch, pos_keys)), teach in itertools.product(CASES.items(), (False, True)):
+        single, grads = encode_and_loss(list(range(G)), xq, xp, xn, in_batch, pos_keys, neg_keys, None, teach)
         for r in per_rank:
-            torch.testing.assert_close(r[name]["loss_sum"], single.loss.detach())
-            torch.testing.assert_close(r[name]["global_loss"], single.global_loss)
-            for got, want in zip(r[name]["grads"], grads):
-                torch.testing.assert_close(got, want)
-        assert sum(r[name]["num_masked"] for r in per_rank) == int(single.num_masked)
-    assert per_rank[0]["stage1"]["num_masked"] > 0 and per_rank[1]["stage1"]["num_masked"] > 0
+            got = r[name, teach]
+            torch.testing.assert_close(got["loss_sum"], single.loss.detach())
+            torch.testing.assert_close(got["global_loss"], single.global_loss)
+            if teach:  # the distillation term too, gathered teacher passages included
+                torch.testing.assert_close(got["distill_loss"], single.distill_loss)
+            for g, want in zip(got["grads"], grads):
+                torch.testing.assert_close(g, want)
+        assert sum(r[name, teach]["num_masked"] for r in per_rank) == int(single.num_masked)
+    assert per_rank[0]["stage1", False]["num_masked"] > 0 and per_rank[1]["stage1", False]["num_masked"] > 0

@@ -108,3 +108,23 @@ def test_head_lr_mult_puts_the_pooling_head_in_its_own_group(make_tiny):
     assert all(isinstance(p, torch.Tensor) for p in param_groups(model, one))
     with pytest.raises(ConfigError, match="head_lr_mult"):
         validate_stage_config(compose("stage1", ["train.optim.head_lr_mult=0"]))
+
+
+def test_lora_b_lr_mult_and_distill_settings(make_tiny):
+    """train.optim.lora_b_lr_mult (LoRA+): every lora_B in a third group at lr x mult, nothing else there;
+    train.distill's weight and temperature are checked with the key named."""
+    from nemo_nvembed.models.config import ConfigError
+    from nemo_nvembed.training.config import validate_stage_config
+    from nemo_nvembed.training.optim import param_groups
+
+    model = make_tiny()
+    cfg = validate_stage_config(compose("stage1", ["train.optim.lr=1e-3", "train.optim.lora_b_lr_mult=4"])).train
+    groups = param_groups(model, cfg.optim)
+    lora_b = {id(p) for n, p in model.named_parameters() if n.endswith("lora_B")}
+    assert lora_b and {id(p) for p in groups[2]["params"]} == lora_b and groups[2]["lr"] == pytest.approx(4e-3)
+    assert groups[1]["lr"] == pytest.approx(1e-3) and not lora_b & {id(p) for g in groups[:2] for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    for bad, key in (("train.optim.lora_b_lr_mult=0", "lora_b_lr_mult"), ("train.distill.weight=-1", "train.distill"),
+                     ("train.distill.temperature=0", "train.distill")):
+        with pytest.raises(ConfigError, match=key):
+            validate_stage_config(compose("stage1", [bad]))

@@ -8,6 +8,7 @@ import torch
 from nemo_nvembed.data.jsonl import Example
 from nemo_nvembed.data.sampler import GlobalBatchSampler
 from nemo_nvembed.data.tasks import TaskRegistry
+from nemo_nvembed.data.teacher import TeacherTable
 
 
 @dataclass
@@ -21,6 +22,8 @@ class ContrastiveBatch:
     num_negatives: int
     lines: list[int]  # source lines of the examples (traces, error messages)
     any_in_batch: bool | None = None  # any query of the GLOBAL batch with in-batch negatives (None: unknown)
+    teacher_q: torch.Tensor | None = None  # [b, e] the teacher's vectors of the queries (train.distill)
+    teacher_docs: torch.Tensor | None = None  # [b*(1+k), e] and of the documents, in docs' order
 
 
 class BatchStream:
@@ -28,9 +31,9 @@ class BatchStream:
     resumed run continues the exact sample order of an uninterrupted one."""
 
     def __init__(self, examples: list[Example], sampler: GlobalBatchSampler, registry: TaskRegistry,
-                 text_encoder, data_cfg, in_batch_negatives: bool, start):
+                 text_encoder, data_cfg, in_batch_negatives: bool, start, teacher: TeacherTable | None = None):
         self.examples, self.sampler, self.registry, self.text = examples, sampler, registry, text_encoder
-        self.cfg, self.stage_in_batch, self.start = data_cfg, in_batch_negatives, start
+        self.cfg, self.stage_in_batch, self.start, self.teacher = data_cfg, in_batch_negatives, start, teacher
 
     def __iter__(self):
         step = self.start()
@@ -51,5 +54,10 @@ class BatchStream:
         in_batch = torch.tensor([self.stage_in_batch and t.in_batch_negatives for t in tasks])
         if any_in_batch is None and self.sampler is None:  # no sampler: these examples are the whole batch
             any_in_batch = self.stage_in_batch and any(t.in_batch_negatives for t in tasks)
+        teacher = {}
+        if self.teacher is not None:
+            teacher = {"teacher_q": self.teacher.lookup([e.query for e in exs]),
+                       "teacher_docs": self.teacher.lookup([d for e in exs for d in (e.pos, *e.neg)])}
         return ContrastiveBatch(step, queries, docs, in_batch, [e.pos_key for e in exs],
-                                [list(e.neg_keys) for e in exs], len(exs[0].neg), [e.line for e in exs], any_in_batch)
+                                [list(e.neg_keys) for e in exs], len(exs[0].neg), [e.line for e in exs], any_in_batch,
+                                **teacher)

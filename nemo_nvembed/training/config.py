@@ -56,6 +56,7 @@ class OptimConfig:
     warmup_steps: int = MISSING
     min_lr: float = MISSING  # linear decay ends here at trainer.max_steps
     head_lr_mult: float = MISSING  # the pooling head's learning rate = lr x this
+    lora_b_lr_mult: float = MISSING  # LoRA's B matrices' learning rate = lr x this (LoRA+)
 
 
 @dataclass
@@ -78,12 +79,20 @@ class ChunkingConfig:
 
 
 @dataclass
+class DistillConfig:
+    embeddings: Optional[str] = MISSING  # a teacher's embeddings of every training text (null: no distillation)
+    weight: float = MISSING  # loss = InfoNCE + weight x cross-entropy to the teacher's softmax
+    temperature: float = MISSING  # the teacher's cosines / this
+
+
+@dataclass
 class TrainSection:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     nonfinite_loss: str = MISSING  # error | skip
     max_skipped_fraction: float = MISSING
     frozen_weights_bf16: bool = MISSING  # with trainer.precision bf16-*: the frozen backbone held in bf16
@@ -122,8 +131,9 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
         raise ConfigError(f"{source}: train.optim.lr must be > 0, got {merged.optim.lr}")
     if merged.optim.min_lr < 0 or merged.optim.min_lr > merged.optim.lr:
         raise ConfigError(f"{source}: train.optim.min_lr must be in [0, train.optim.lr], got {merged.optim.min_lr}")
-    if not merged.optim.head_lr_mult > 0:
-        raise ConfigError(f"{source}: train.optim.head_lr_mult must be > 0, got {merged.optim.head_lr_mult}")
+    for key in ("head_lr_mult", "lora_b_lr_mult"):
+        if not merged.optim[key] > 0:
+            raise ConfigError(f"{source}: train.optim.{key} must be > 0, got {merged.optim[key]}")
     if merged.optim.warmup_steps < 0 or merged.optim.eps <= 0 or merged.optim.weight_decay < 0:
         raise ConfigError(f"{source}: train.optim: warmup_steps and weight_decay must be >= 0 and eps > 0")
     if merged.validation.every_n_steps < 1 or merged.validation.batch_size < 1:
@@ -137,6 +147,9 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
             raise ConfigError(f"{source}: train.chunking.{key} must be >= 0")
     if merged.chunking.packed and merged.chunking.pack_tokens < 1:
         raise ConfigError(f"{source}: train.chunking.pack_tokens must be >= 1 with train.chunking.packed=true")
+    if merged.distill.weight < 0 or merged.distill.temperature <= 0:
+        raise ConfigError(f"{source}: train.distill: weight must be >= 0 and temperature > 0, got "
+                          f"{merged.distill.weight} and {merged.distill.temperature}")
     if merged.validation.beir and not merged.validation.task:
         raise ConfigError(f"{source}: train.validation.task is required when train.validation.beir is set")
     return merged

@@ -30,6 +30,19 @@ class LossOutput:
     num_masked: torch.Tensor  # scalar long, local: gathered candidates masked as positive duplicates
     num_candidates: torch.Tensor  # [b] long: candidates each query scored (own pos included)
     accuracy: torch.Tensor  # scalar, detached: local fraction of queries ranking their positive first
+    distill_loss: Optional[torch.Tensor] = None  # scalar, detached: mean teacher cross-entropy over the global batch
+
+
+@dataclass
+class Teacher:
+    """A teacher's embeddings of this rank's texts (``train.distill``): its softmax over each query's
+    candidates, cosine / ``temperature``, is a soft target beside the positive (knowledge distillation)."""
+
+    q: torch.Tensor  # [b, e]
+    pos: torch.Tensor  # [b, e]
+    neg: torch.Tensor  # [b, k, e]
+    weight: float  # loss = InfoNCE + weight x cross-entropy to the teacher's softmax
+    temperature: float
 
 
 def key_hashes(keys: Sequence[str], device: torch.device) -> torch.Tensor:
@@ -67,6 +80,7 @@ def contrastive_loss(
     global_batch_size: int,
     group: Optional[dist.ProcessGroup] = None,
     any_in_batch: Optional[bool] = None,
+    teacher: Optional[Teacher] = None,
 ) -> LossOutput:
     """InfoNCE over cosine similarities / temperature, with optional global in-batch negatives.
 
@@ -86,6 +100,9 @@ def contrastive_loss(
       any_in_batch: whether any query of the GLOBAL batch has in_batch (the batch stream knows it
         on the host); None: decided here by reading in_batch and, over ranks, one MAX all-reduce
         (a device->host read).
+      teacher: a teacher's embeddings of the same texts (not in the paper; ``train.distill``). Each
+        query's loss adds weight x the cross-entropy from the teacher's softmax over the same
+        candidates (the same masks; teacher passages gathered like the student's) to the student's.
 
     Candidates of query i (global index g = rank * b + i), in logit order:
       [own pos, own k negs] + (if any rank has in_batch) [all G positives, all G*k negatives]
@@ -114,37 +131,27 @@ def contrastive_loss(
     use_in_batch = bool(in_batch.any()) if any_in_batch is None else any_in_batch
     in_batch = in_batch.to(device=device, dtype=torch.bool)
 
-    qn = F.normalize(q.float(), dim=-1)  # [b, d]
-    pn = F.normalize(pos.float(), dim=-1)  # [b, d]
-    nn_ = F.normalize(neg.float(), dim=-1)  # [b, k, d]
-
-    own_pos = (qn * pn).sum(-1, keepdim=True)  # [b, 1]
-    own_neg = torch.einsum("bd,bkd->bk", qn, nn_)  # [b, k]
     neg_h = key_hashes([key for nk in neg_keys for key in nk], device)  # [b*k]
-    own_neg = own_neg.masked_fill(repeated_slots(neg_h.view(b, k)), float("-inf"))  # padding slots out
-    logits = [own_pos, own_neg]
-    num_masked = torch.zeros((), dtype=torch.long, device=device)
-
     if world > 1 and any_in_batch is None:  # every rank must take the same collective path
         flag = torch.tensor([int(use_in_batch)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
         use_in_batch = bool(flag.item())
+    scores = _cosine_scores(q, pos, neg, use_in_batch, group, world, differentiable=True)  # [b, 1 + k (+ G + G*k)]
+    mask = torch.zeros(b, 1, dtype=torch.bool, device=device)  # the own positive: never masked
+    mask = torch.cat([mask, repeated_slots(neg_h.view(b, k))], dim=1)  # [b, 1 + k]: padding slots out
+    num_masked = torch.zeros((), dtype=torch.long, device=device)
+
     if use_in_batch:
         pos_h = key_hashes(pos_keys, device)  # [b]
         if world > 1:
-            all_pn = torch.cat(differentiable_all_gather(pn, group=group), dim=0)  # [G, d]
-            all_nn = torch.cat(differentiable_all_gather(nn_, group=group), dim=0)  # [G, k, d]
             pos_parts = [torch.empty_like(pos_h) for _ in range(world)]
             neg_parts = [torch.empty_like(neg_h) for _ in range(world)]
             dist.all_gather(pos_parts, pos_h, group=group)
             dist.all_gather(neg_parts, neg_h, group=group)
             all_pos_h, all_neg_h = torch.cat(pos_parts), torch.cat(neg_parts)  # [G], [G*k]
         else:
-            all_pn, all_nn, all_pos_h, all_neg_h = pn, nn_, pos_h, neg_h
+            all_pos_h, all_neg_h = pos_h, neg_h
         G = global_batch_size
-        all_nn = all_nn.reshape(G * k, d)  # [G*k, d], row g*k + j = query g's negative j
-
-        gathered = torch.cat([qn @ all_pn.T, qn @ all_nn.T], dim=1)  # [b, G + G*k]
         cand_owner = torch.cat(
             [torch.arange(G, device=device), torch.arange(G, device=device).repeat_interleave(k)]
         )  # [G + G*k]: global query index each candidate belongs to
@@ -155,12 +162,22 @@ def contrastive_loss(
         num_masked = (duplicate & in_batch[:, None]).sum()
         padding = torch.cat([torch.zeros(G, dtype=torch.bool, device=device),
                              repeated_slots(all_neg_h.view(G, k)).reshape(G * k)])  # [G + G*k]
-        mask = own_rows | duplicate | padding[None, :] | ~in_batch[:, None]  # [b, G + G*k]
-        logits.append(gathered.masked_fill(mask, float("-inf")))
+        mask = torch.cat([mask, own_rows | duplicate | padding[None, :] | ~in_batch[:, None]], dim=1)
 
-    logits = torch.cat(logits, dim=1) / temperature  # [b, 1 + k (+ G + G*k)]
+    logits = scores.masked_fill(mask, float("-inf")) / temperature  # [b, 1 + k (+ G + G*k)]
     target = torch.zeros(b, dtype=torch.long, device=device)  # [b], own positive is column 0
     per_query = F.cross_entropy(logits, target, reduction="none")  # [b]
+    distill_loss = None
+    if teacher is not None:
+        with torch.no_grad():
+            t_scores = _cosine_scores(teacher.q, teacher.pos, teacher.neg, use_in_batch, group, world, differentiable=False)
+            soft = torch.softmax(t_scores.masked_fill(mask, float("-inf")) / teacher.temperature, dim=1)  # [b, C]
+        log_p = torch.log_softmax(logits, dim=1).masked_fill(mask, 0.0)  # masked: soft target 0, no 0 x -inf
+        distilled = -(soft * log_p).sum(dim=1)  # [b]: cross-entropy from the teacher's softmax
+        per_query = per_query + teacher.weight * distilled
+        distill_loss = distilled.detach().sum() / global_batch_size
+        if world > 1:
+            dist.all_reduce(distill_loss, op=dist.ReduceOp.SUM, group=group)
     loss = per_query.sum() / global_batch_size  # scalar, see the gradient contract above
 
     global_loss = loss.detach().clone()
@@ -171,5 +188,31 @@ def contrastive_loss(
         accuracy = (logits.argmax(dim=1) == 0).float().mean()
     return LossOutput(
         loss=loss, global_loss=global_loss, num_masked=num_masked,
-        num_candidates=num_candidates, accuracy=accuracy,
+        num_candidates=num_candidates, accuracy=accuracy, distill_loss=distill_loss,
     )
+
+
+def _cosine_scores(q, pos, neg, use_in_batch: bool, group, world: int, differentiable: bool) -> torch.Tensor:
+    """[b, 1 + k (+ G + G*k)] cosines of each query with its own positive and negatives and, with
+    ``use_in_batch``, every positive then every negative of the global batch (rank by rank; fp32)."""
+    b, k, d = neg.shape
+    qn = F.normalize(q.float(), dim=-1)  # [b, d]
+    pn = F.normalize(pos.float(), dim=-1)  # [b, d]
+    nn_ = F.normalize(neg.float(), dim=-1)  # [b, k, d]
+    own = [(qn * pn).sum(-1, keepdim=True), torch.einsum("bd,bkd->bk", qn, nn_)]  # [b, 1], [b, k]
+    if not use_in_batch:
+        return torch.cat(own, dim=1)
+    if world > 1:
+        gather = differentiable_all_gather if differentiable else _all_gather
+        all_pn = torch.cat(gather(pn, group=group), dim=0)  # [G, d]
+        all_nn = torch.cat(gather(nn_, group=group), dim=0)  # [G, k, d]
+    else:
+        all_pn, all_nn = pn, nn_
+    all_nn = all_nn.reshape(-1, d)  # [G*k, d], row g*k + j = query g's negative j
+    return torch.cat([*own, qn @ all_pn.T, qn @ all_nn.T], dim=1)
+
+
+def _all_gather(x: torch.Tensor, group) -> list[torch.Tensor]:
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return parts

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from nemo_nvembed.data.jsonl import Example
 from nemo_nvembed.data.sampler import GlobalBatchSampler
 from nemo_nvembed.data.tasks import TaskRegistry
+from nemo_nvembed.data.teacher import TeacherTable
 from nemo_nvembed.models.network import NVEmbedNetwork
 from nemo_nvembed.training.batches import BatchStream, ContrastiveBatch
 from nemo_nvembed.training.objective import ContrastiveObjective
@@ -41,6 +42,7 @@ class StageData:
     sampler: GlobalBatchSampler
     max_steps: int
     trace_dir: Path | None = None  # each rank appends the source lines of its batches to samples/rank<r>.jsonl
+    teacher: TeacherTable | None = None  # train.distill.embeddings, checked against the examples
 
 
 class NVEmbedModel(ModelPT):
@@ -85,7 +87,7 @@ class NVEmbedModel(ModelPT):
     def train_dataloader(self):
         d = self.data
         return BatchStream(d.examples, d.sampler, d.registry, self.network.text, d.train_cfg.data,
-                           d.train_cfg.loss.in_batch_negatives, start=lambda: self.trainer.global_step)
+                           d.train_cfg.loss.in_batch_negatives, start=lambda: self.trainer.global_step, teacher=d.teacher)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         """Training batches stay on the host: the step plans chunks from host-side lengths and moves
@@ -116,6 +118,8 @@ class NVEmbedModel(ModelPT):
         n = len(batch.pos_keys)
         self.log_dict({"train_loss": out.global_loss, "train_acc": out.accuracy, "masked_duplicates": out.num_masked.float(),
                        "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}, prog_bar=True, batch_size=n)
+        if out.distill_loss is not None:  # included in train_loss (weighted)
+            self.log("distill_loss", out.distill_loss, batch_size=n)
         obj, tok = self.objective, self.objective.tokens
         self.log_dict({"skipped_nonfinite": float(obj.skipped_nonfinite), "truncated_texts": float(obj.truncated_texts),
                        "tokens_real": float(tok["real"]), "tokens_padded": float(tok["padded"]),

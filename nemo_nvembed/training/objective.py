@@ -11,7 +11,7 @@ import torch.distributed as dist
 from nemo_nvembed.parallel import distributed
 from nemo_nvembed.training import chunking
 from nemo_nvembed.training.batches import ContrastiveBatch
-from nemo_nvembed.training.loss import contrastive_loss
+from nemo_nvembed.training.loss import Teacher, contrastive_loss
 
 
 class ContrastiveObjective:
@@ -39,10 +39,15 @@ class ContrastiveObjective:
         b, k = len(batch.pos_keys), batch.num_negatives
         d = d.view(b, 1 + k, -1)  # [b, 1+k, d]: positive then negatives
         group = distributed.dp_group() if distributed.dp_size() > 1 else None
+        teacher = None
+        if batch.teacher_q is not None:
+            td = batch.teacher_docs.to(q.device).view(b, 1 + k, -1)  # [b, 1+k, e]
+            teacher = Teacher(batch.teacher_q.to(q.device), td[:, 0], td[:, 1:], self.cfg.distill.weight,
+                              self.cfg.distill.temperature)
         return contrastive_loss(
             q, d[:, 0], d[:, 1:], temperature=self.cfg.loss.temperature, in_batch=batch.in_batch,
             pos_keys=batch.pos_keys, neg_keys=batch.neg_keys, global_batch_size=self.global_batch_size, group=group,
-            any_in_batch=batch.any_in_batch,
+            any_in_batch=batch.any_in_batch, teacher=teacher,
         )
 
     def step(self, model, batch: ContrastiveBatch):

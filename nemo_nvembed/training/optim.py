@@ -5,14 +5,20 @@ import torch
 
 
 def param_groups(network, optim_cfg) -> list:
-    """Trainable parameters; with ``head_lr_mult`` != 1 the pooling head's are a second group at
-    lr x head_lr_mult (one group otherwise, the layout older checkpoints' optimizer state has)."""
+    """Trainable parameters; with ``head_lr_mult`` or ``lora_b_lr_mult`` != 1, groups at lr x mult: the
+    rest, then the pooling head's, then LoRA's ``lora_B`` (LoRA+, Hayou et al. 2024: B learns faster than
+    A). One plain list when both are 1 (the layout older checkpoints' optimizer state has)."""
     trainable = [p for p in network.parameters() if p.requires_grad]
-    if optim_cfg.head_lr_mult == 1.0:
+    head_mult, b_mult = optim_cfg.head_lr_mult, optim_cfg.get("lora_b_lr_mult", 1.0)
+    if head_mult == 1.0 and b_mult == 1.0:
         return trainable
     head = {id(p) for p in network.pooler.parameters()}
-    return [{"params": [p for p in trainable if id(p) not in head]},
-            {"params": [p for p in trainable if id(p) in head], "lr": optim_cfg.lr * optim_cfg.head_lr_mult}]
+    lora_b = {id(p) for name, p in network.named_parameters() if name.endswith("lora_B")} if b_mult != 1.0 else set()
+    groups = [{"params": [p for p in trainable if id(p) not in head and id(p) not in lora_b]},
+              {"params": [p for p in trainable if id(p) in head], "lr": optim_cfg.lr * head_mult}]
+    if lora_b:
+        groups.append({"params": [p for p in trainable if id(p) in lora_b], "lr": optim_cfg.lr * b_mult})
+    return groups
 
 
 def build_optimizer(params, optim_cfg, max_steps: int):

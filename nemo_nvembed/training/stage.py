@@ -147,8 +147,17 @@ def run(cfg: DictConfig) -> Path | None:
         duplicates=tcfg.data.duplicates,
     )
     check_lengths(cfg, saved, tok, registry, loaded.summary.examples_per_task)
+    teacher = None
+    if tcfg.distill.embeddings:
+        from nemo_nvembed.data.teacher import TeacherTable
+
+        teacher = TeacherTable(tcfg.distill.embeddings)
+        teacher.check(loaded.examples, tcfg.data.path)
     if rank0:
         print(loaded.summary.format(), flush=True)
+        if teacher is not None:
+            print(f"distillation: {teacher.model} vectors ({teacher.path}), weight {tcfg.distill.weight}, "
+                  f"temperature {tcfg.distill.temperature}", flush=True)
 
     tp = cfg.parallel.tensor_model_parallel_size
     distributed.initialize(tp, seed=mcfg.seed, timeout_s=cfg.parallel.collective_timeout_s)
@@ -157,7 +166,7 @@ def run(cfg: DictConfig) -> Path | None:
     if rank0 and lock.taken_over:
         print(lock.taken_over, flush=True)
     try:
-        return _train(cfg, saved, registry, loaded, run_dir, env, out)
+        return _train(cfg, saved, registry, loaded, run_dir, env, out, teacher)
     except (FloatingPointError, NemoWriteFailed, OSError) as e:
         # Runtime stops: one line on the terminal (the command prints it), the traceback in the run folder.
         raise _stopped(e, run_dir, env.rank) from None
@@ -166,7 +175,7 @@ def run(cfg: DictConfig) -> Path | None:
             lock.release()
 
 
-def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path) -> Path | None:
+def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path, teacher=None) -> Path | None:
     """The stage once its inputs are checked and the run folder is ours."""
     import lightning.pytorch as pl
     from nemo.utils.exp_manager import exp_manager
@@ -223,7 +232,7 @@ def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path) -> Path 
     log_dir = exp_manager(trainer, OmegaConf.create(OmegaConf.to_container(cfg.exp_manager)))
     if rank0:
         write_run_info(log_dir, cfg)
-    data = StageData(tcfg, registry, loaded.examples, sampler, cfg.trainer.max_steps, trace_dir=log_dir)
+    data = StageData(tcfg, registry, loaded.examples, sampler, cfg.trainer.max_steps, trace_dir=log_dir, teacher=teacher)
     model = NVEmbedModel(network.cfg, trainer=trainer, network=network, data=data)
     try:
         trainer.fit(model, ckpt_path=str(decision.checkpoint) if decision.checkpoint else None)
