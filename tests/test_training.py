@@ -31,9 +31,21 @@ def write_examples(path: Path, n: int = 24, k: int = 3) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=None, in_batch=True):
+def write_teacher(data_path: Path, out: Path, dim: int = 5) -> Path:
+    """A teacher-vectors file (train.distill) of random unit vectors for every text of ``data_path``."""
+    from nemo_nvembed.converters.teacher import training_texts
+    from nemo_nvembed.data.teacher import text_hash
+
+    texts = training_texts([data_path])
+    vectors = torch.nn.functional.normalize(torch.randn(len(texts), dim, generator=torch.Generator().manual_seed(3)), dim=-1)
+    torch.save({"hashes": torch.tensor([text_hash(t) for t in texts]), "vectors": vectors.half(), "model": "random"}, out)
+    return out
+
+
+def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=None, in_batch=True, teacher=None):
     """One contrastive step on the first global batch; returns (global loss, full-layout gradients
-    summed over the DP ranks, token counts). Shared by the training and scale tests."""
+    summed over the DP ranks, token counts). Shared by the training and scale tests. ``teacher``: a
+    teacher-vectors file (train.distill)."""
 
     from nemo_nvembed.parallel import distributed, tp_layout
     from nemo_nvembed.data.jsonl import load_examples
@@ -49,11 +61,19 @@ def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=
         f"train.data.path={data_path}", f"train.data.tasks={TASKS}", "train.data.num_negatives=3",
         f"train.data.global_batch_size={global_batch}", "train.loss.temperature=0.05",
         f"train.loss.in_batch_negatives={in_batch}", "train.optim.lr=1e-3",
-        *(f"train.chunking.{k}={v}" for k, v in (chunking or {}).items())])
+        *(f"train.chunking.{k}={v}" for k, v in (chunking or {}).items()),
+        *([f"train.distill.embeddings={teacher}", "train.distill.weight=0.5"] if teacher else [])])
     registry = TaskRegistry.from_yaml(TASKS)
     exs = load_examples(data_path, registry, 3).examples
+    table = None
+    if teacher:
+        from nemo_nvembed.data.teacher import TeacherTable
+
+        table = TeacherTable(teacher)
+        table.check(exs, data_path)
     sampler = GlobalBatchSampler([e.task for e in exs], registry, global_batch, dp_rank, dp_size, 0, "blend")
-    batch = next(iter(BatchStream(exs, sampler, registry, model.text, tcfg.data, in_batch, start=lambda: 0)))
+    batch = next(iter(BatchStream(exs, sampler, registry, model.text, tcfg.data, in_batch, start=lambda: 0,
+                                  teacher=table)))
     model.zero_grad(set_to_none=True)
     objective = ContrastiveObjective(tcfg, global_batch, seed=5)
     loss, out = objective.step(model, batch)
@@ -64,27 +84,31 @@ def contrastive_step(model, data_path, global_batch, dp_rank, dp_size, chunking=
     return out.global_loss.detach(), tp_layout.full_grads(model), objective.tokens
 
 
-def _grads_for(model, data_path, global_batch, dp_rank, dp_size, in_batch):
-    return contrastive_step(model, data_path, global_batch, dp_rank, dp_size, in_batch=in_batch)[:2]
+def _grads_for(model, data_path, global_batch, dp_rank, dp_size, in_batch, teacher=None):
+    return contrastive_step(model, data_path, global_batch, dp_rank, dp_size, in_batch=in_batch, teacher=teacher)[:2]
 
 
-def _dp_worker(rank, world, tokenizer_file, full, data_path, in_batch):
+def _dp_worker(rank, world, tokenizer_file, full, data_path, in_batch, teacher):
     from nemo_nvembed.parallel import distributed
     from nemo_nvembed.models.network import NVEmbedNetwork
 
     distributed.initialize(1)  # TP=1, DP=2
     model = NVEmbedNetwork(tiny_config(tokenizer_file, **{"lora.dropout": 0.0}))
     model.load_full_state_dict(full)
-    return _grads_for(model, data_path, 8, rank, world, in_batch)
+    return _grads_for(model, data_path, 8, rank, world, in_batch, teacher)
 
 
-@pytest.mark.parametrize("in_batch", [True, False], ids=["stage1", "stage2"])
-def test_dp2_step_equals_one_process_with_whole_batch(in_batch, tokenizer_file, single_process, tmp_path):
+@pytest.mark.parametrize("in_batch, distill", [(True, False), (False, False), (True, True)],
+                         ids=["stage1", "stage2", "stage1-distill"])
+def test_dp2_step_equals_one_process_with_whole_batch(in_batch, distill, tokenizer_file, single_process, tmp_path):
     data = tmp_path / "train.jsonl"
     write_examples(data)
+    teacher = write_teacher(data, tmp_path / "teacher.pt") if distill else None  # the batches carry its vectors
     model, full = model_with_random_lora(tokenizer_file, 3, **{"lora.dropout": 0.0})
-    ref_loss, ref_grads = _grads_for(model, data, 8, 0, 1, in_batch)
-    for loss, grads in run_distributed(_dp_worker, 2, tokenizer_file, full, data, in_batch, timeout_s=300):
+    ref_loss, ref_grads = _grads_for(model, data, 8, 0, 1, in_batch, teacher)
+    if distill:  # the teacher's term is in the loss
+        assert not torch.allclose(ref_loss, _grads_for(model, data, 8, 0, 1, in_batch)[0])
+    for loss, grads in run_distributed(_dp_worker, 2, tokenizer_file, full, data, in_batch, teacher, timeout_s=300):
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
         assert grads.keys() == ref_grads.keys()
         for k in ref_grads:
