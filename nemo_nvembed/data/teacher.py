@@ -18,6 +18,7 @@ from nemo_nvembed.data.jsonl import DataError, Example
 
 
 def text_hash(text: str) -> int:
+    """A text's stable 8-byte blake2b hash as a signed int64 (the loss's passage keys; the teacher file's keys)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 

@@ -12,7 +12,6 @@ GRADIENT CONTRACT (read this before wiring the trainer):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -20,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from nemo_nvembed.data.teacher import text_hash
 from nemo_nvembed.parallel.gather import all_gather as differentiable_all_gather
 
 
@@ -47,11 +47,7 @@ class Teacher:
 
 def key_hashes(keys: Sequence[str], device: torch.device) -> torch.Tensor:
     """[n] int64 stable 8-byte blake2b hashes of `keys` (same on every rank and run)."""
-    values = [
-        int.from_bytes(hashlib.blake2b(k.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
-        for k in keys
-    ]
-    return torch.tensor(values, dtype=torch.int64, device=device)
+    return torch.tensor([text_hash(k) for k in keys], dtype=torch.int64, device=device)
 
 
 def repeated_slots(neg_hashes: torch.Tensor) -> torch.Tensor:
