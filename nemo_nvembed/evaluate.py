@@ -4,13 +4,17 @@
 ``DIR/corpus.jsonl`` ({"_id", "title"?, "text"}), ``DIR/queries.jsonl`` ({"_id", "text"}) and
 ``DIR/qrels/test.tsv`` (query-id, corpus-id, score; with a header), embeds queries with the
 instruction (NV-Embed's query prefix) and documents without, ranks the corpus by cosine
-similarity (exact search) and prints one JSON object.
+similarity (exact search) and prints one JSON object. ``--model`` may also be a sentence-transformers
+model folder (e.g. the offline all-MiniLM-L6-v2 the demo's baseline row uses; such models take no
+instruction). ``--save-run R.run`` keeps the ranking (TREC format) for ``python -m
+nemo_nvembed.compare_runs``: a paired comparison of two models on the same queries.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from nemo_nvembed.checks import path_checks as checks
 from nemo_nvembed.checks.errors import exit_on_user_error
@@ -21,13 +25,14 @@ from nemo_nvembed.data.beir_folder import load_beir
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help=".nemo file")
+    p.add_argument("--model", required=True, help=".nemo file, or a sentence-transformers model folder")
     p.add_argument("--beir", required=True, help="folder with corpus.jsonl, queries.jsonl, qrels/test.tsv")
     p.add_argument("--instruction", default=None, help="query instruction (Table 7); none = plain queries")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--save-run", default=None, help="write the ranking (top 100 per query) here, TREC run format")
     args = p.parse_args(argv)
     # heavy (torch, megatron): after the arguments parse, so --help and a typo answer at once
     from nemo_nvembed.eval.retrieval_metrics import score
@@ -36,10 +41,18 @@ def main(argv: list[str] | None = None) -> None:
 
     checks.positive("--batch-size", args.batch_size)
     checks.positive("--tp", args.tp)
-    checks.input_file(args.model, "--model")
+    if args.save_run is not None:
+        checks.output_file(args.save_run, "--save-run")
     data = load_beir(args.beir, args.split)
-    model = NVEmbedNetwork.load(args.model, tp=args.tp)
-    result = score(model, data, args.instruction, args.batch_size, args.precision, progress=True)
+    if Path(args.model).is_dir():  # a sentence-transformers folder: it takes no instruction
+        from nemo_nvembed.eval.st_baseline import SentenceTransformerEncoder
+
+        model, instruction = SentenceTransformerEncoder(args.model), None
+    else:
+        checks.input_file(args.model, "--model")
+        model, instruction = NVEmbedNetwork.load(args.model, tp=args.tp), args.instruction
+    result = score(model, data, instruction, args.batch_size, args.precision, progress=True,
+                   run_path=args.save_run if distributed.is_global_rank_zero() else None, run_tag=Path(args.model).name)
     if distributed.is_global_rank_zero():
         print(json.dumps({"model": args.model, "beir": args.beir, **result}))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import REPO
 
 COMMANDS = ("train", "encode", "convert", "export", "evaluate", "mine", "convert_data", "mteb_encoder", "bench",
-            "demo", "demo_data", "prepare", "mteb_table", "teacher_embed")
+            "demo", "demo_data", "prepare", "mteb_table", "teacher_embed", "compare_runs")
 
 
 def test_import_contracts_hold():

