@@ -6,7 +6,7 @@
 instruction (NV-Embed's query prefix) and documents without, ranks the corpus by cosine
 similarity (exact search) and prints one JSON object. ``--model`` may also be a sentence-transformers
 model folder (e.g. the offline all-MiniLM-L6-v2 the demo's baseline row uses; such models take no
-instruction). ``--save-run R.run`` keeps the ranking (TREC format) for ``python -m
+instruction), and ``--bm25`` in its place scores the demo's BM25 baseline. ``--save-run R.run`` keeps the ranking (TREC format) for ``python -m
 nemo_nvembed.compare_runs``: a paired comparison of two models on the same queries.
 """
 from __future__ import annotations
@@ -25,7 +25,9 @@ from nemo_nvembed.data.beir_folder import load_beir
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nemo_nvembed.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help=".nemo file, or a sentence-transformers model folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help=".nemo file, or a sentence-transformers model folder")
+    which.add_argument("--bm25", action="store_true", help="the BM25 baseline (bm25s; the demo's tokenisation) instead of a model")
     p.add_argument("--beir", required=True, help="folder with corpus.jsonl, queries.jsonl, qrels/test.tsv")
     p.add_argument("--instruction", default=None, help="query instruction (Table 7); none = plain queries")
     p.add_argument("--split", default="test")
@@ -34,16 +36,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--save-run", default=None, help="write the ranking (top 100 per query) here, TREC run format")
     args = p.parse_args(argv)
+    checks.positive("--batch-size", args.batch_size)
+    checks.positive("--tp", args.tp)
+    if args.save_run is not None:
+        checks.output_file(args.save_run, "--save-run")
+    data = load_beir(args.beir, args.split)  # the folder's errors before any model loads
+    if args.bm25:
+        from nemo_nvembed.eval.bm25_baseline import score_bm25
+
+        print(json.dumps({"model": "bm25", "beir": args.beir, **score_bm25(args.beir, args.split, run_path=args.save_run)}))
+        return
     # heavy (torch, megatron): after the arguments parse, so --help and a typo answer at once
     from nemo_nvembed.eval.retrieval_metrics import score
     from nemo_nvembed.models.network import NVEmbedNetwork
     from nemo_nvembed.parallel import distributed
 
-    checks.positive("--batch-size", args.batch_size)
-    checks.positive("--tp", args.tp)
-    if args.save_run is not None:
-        checks.output_file(args.save_run, "--save-run")
-    data = load_beir(args.beir, args.split)
     if Path(args.model).is_dir():  # a sentence-transformers folder: it takes no instruction
         from nemo_nvembed.eval.st_baseline import SentenceTransformerEncoder
 

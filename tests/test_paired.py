@@ -91,3 +91,25 @@ def test_evaluate_scores_a_sentence_transformers_folder_and_saves_its_run(tmp_pa
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     run = read_trec_run(tmp_path / "m.run")
     assert out["ndcg@10"] == pytest.approx(1.0) and set(run) == {"q0", "q1"} and max(run["q0"], key=run["q0"].get) == "d0"
+
+
+def test_evaluate_bm25_row_saves_the_run_it_scores(tmp_path, capsys):
+    from nemo_nvembed.eval.bm25_baseline import score_bm25
+
+    root = _beir(tmp_path / "beir", ["cats sleep most of the day", "the stock market fell sharply",
+                                     "how to bake bread at home"], {"q0": "cats sleep", "q1": "bake bread"},
+                 {"q0": "d0", "q1": "d2"})
+    evaluate.main(["--bm25", "--beir", str(root), "--save-run", str(tmp_path / "b.run")])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = read_trec_run(tmp_path / "b.run")
+    assert out["model"] == "bm25" and out["ndcg@10"] == pytest.approx(score_bm25(root)["ndcg@10"]) == pytest.approx(1.0)
+    assert per_query(load_qrels(root), run, nDCG @ 10) == {"q0": 1.0, "q1": 1.0}
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--bm25", "--model", "x.nemo", "--beir", str(root)])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def load_qrels(root):
+    from nemo_nvembed.data.beir_folder import load_beir
+
+    return load_beir(root).qrels

@@ -13,10 +13,12 @@ from ir_measures import R, nDCG
 
 from nemo_nvembed.data.beir_folder import load_beir
 from nemo_nvembed.data.bm25 import Bm25
+from nemo_nvembed.eval.retrieval_metrics import write_trec_run
 
 
-def score_bm25(folder: str | Path, split: str = "test", k: int = 100) -> dict:
-    """{"ndcg@10", "recall@100", "queries", "corpus"} of BM25 over ``folder``'s corpus."""
+def score_bm25(folder: str | Path, split: str = "test", k: int = 100, run_path: str | Path | None = None) -> dict:
+    """{"ndcg@10", "recall@100", "queries", "corpus"} of BM25 over ``folder``'s corpus (its ranking
+    written to ``run_path`` as a TREC run when given)."""
     data = load_beir(folder, split)
     index = Bm25(data.doc_texts)
     run = {}
@@ -24,6 +26,8 @@ def score_bm25(folder: str | Path, split: str = "test", k: int = 100) -> dict:
         scores = index.scores(query)  # [n_corpus]
         top = scores.argsort()[::-1][:k]
         run[qid] = {data.doc_ids[j]: float(scores[j]) for j in top}
+    if run_path is not None:
+        write_trec_run(run, run_path, "bm25")
     agg = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], data.qrels, run)
     return {"ndcg@10": float(agg[nDCG @ 10]), "recall@100": float(agg[R @ 100]),
             "queries": len(data.query_ids), "corpus": len(data.doc_ids)}
