@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.save_run is not None:
         checks.output_file(args.save_run, "--save-run")
     data = load_beir(args.beir, args.split)  # the folder's errors before any model loads
+    plain = args.bm25 or Path(args.model).is_dir()
+    unused = [o for o, v in (("--instruction", args.instruction), ("--precision bf16", args.precision == "bf16")) if v]
+    if plain and unused:  # said, not dropped silently
+        print(f"note: {'BM25' if args.bm25 else 'a sentence-transformers model'} takes no instruction or precision"
+              f": {' and '.join(unused)} not used", file=sys.stderr)
     if args.bm25:
         from nemo_nvembed.eval.bm25_baseline import score_bm25
 
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from nemo_nvembed.models.network import NVEmbedNetwork
     from nemo_nvembed.parallel import distributed
 
-    if Path(args.model).is_dir():  # a sentence-transformers folder: it takes no instruction
+    if plain:  # a sentence-transformers folder
         from nemo_nvembed.eval.st_baseline import SentenceTransformerEncoder
 
         model, instruction = SentenceTransformerEncoder(args.model), None

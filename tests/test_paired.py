@@ -88,7 +88,9 @@ def test_evaluate_scores_a_sentence_transformers_folder_and_saves_its_run(tmp_pa
                  {"q0": "d0", "q1": "d2"})
     evaluate.main(["--model", str(minilm_path()), "--beir", str(root), "--save-run", str(tmp_path / "m.run"),
                    "--instruction", "ignored: such models take none"])
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    assert "takes no instruction or precision: --instruction not used" in captured.err
     run = read_trec_run(tmp_path / "m.run")
     assert out["ndcg@10"] == pytest.approx(1.0) and set(run) == {"q0", "q1"} and max(run["q0"], key=run["q0"].get) == "d0"
 
