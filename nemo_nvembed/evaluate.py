@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: {'BM25' if args.bm25 else 'a sentence-transformers model'} takes no instruction or precision"
               f": {' and '.join(unused)} not used", file=sys.stderr)
     if args.bm25:
-        from nemo_nvembed.eval.bm25_baseline import score_bm25
+        from nemo_nvembed.eval.bm25_baseline import bm25_run
+        from nemo_nvembed.eval.retrieval_metrics import score_run
 
-        print(json.dumps({"model": "bm25", "beir": args.beir, **score_bm25(args.beir, args.split, run_path=args.save_run)}))
+        print(json.dumps({"model": "bm25", "beir": args.beir, **score_run(data, bm25_run(data), args.save_run, "bm25")}))
         return
     # heavy (torch, megatron): after the arguments parse, so --help and a typo answer at once
     from nemo_nvembed.eval.retrieval_metrics import score

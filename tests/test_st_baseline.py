@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from nemo_nvembed.eval.st_baseline import minilm_path, score_sentence_transformer
+from nemo_nvembed.eval.st_baseline import score_sentence_transformer
+from nemo_nvembed.paths import minilm_path
 
 
 def test_minilm_row_ranks_the_related_document_first(tmp_path):

@@ -12,7 +12,7 @@ from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.jsonl import DataError, load_examples
 from nemo_nvembed.data.tasks import TaskRegistry
 from nemo_nvembed.data.teacher import TeacherTable
-from nemo_nvembed.eval.st_baseline import minilm_path
+from nemo_nvembed.paths import minilm_path
 from conftest import REPO
 
 TASKS = REPO / "conf" / "tasks.yaml"

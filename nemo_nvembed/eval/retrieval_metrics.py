@@ -25,6 +25,12 @@ def score(model, data: RetrievalSet, instruction: str | None, batch_size: int = 
         qid: {data.doc_ids[j]: float(s) for s, j in zip(top.values[i].tolist(), top.indices[i].tolist())}
         for i, qid in enumerate(data.query_ids)
     }
+    return score_run(data, run, run_path, run_tag)
+
+
+def score_run(data: RetrievalSet, run: dict[str, dict[str, float]], run_path=None, run_tag: str = "run") -> dict[str, float]:
+    """A ranking ({qid: {docid: score}}) of ``data`` -> nDCG@10 and Recall@100 (``ir_measures``); the one
+    place every row of the tables is scored, models and BM25 alike. Written as a TREC run to ``run_path`` when given."""
     if run_path is not None:
         write_trec_run(run, run_path, run_tag)
     agg = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], data.qrels, run)

@@ -9,7 +9,6 @@ import torch
 
 from nemo_nvembed.data.beir_folder import load_beir
 from nemo_nvembed.eval.retrieval_metrics import score
-from nemo_nvembed.paths import minilm_path  # noqa: F401 (the demo and tests import it from here)
 
 
 class SentenceTransformerEncoder:

@@ -27,8 +27,8 @@ from omegaconf import OmegaConf
 from nemo_nvembed.data.tasks import TaskRegistry
 from nemo_nvembed.eval.bm25_baseline import score_bm25
 from nemo_nvembed.eval.learning_curve import plot, read_validation
-from nemo_nvembed.eval.st_baseline import minilm_path, score_sentence_transformer
-from nemo_nvembed.paths import CONF, REPO
+from nemo_nvembed.eval.st_baseline import score_sentence_transformer
+from nemo_nvembed.paths import CONF, REPO, minilm_path
 from nemo_nvembed.recipes.console import Console, DemoFailed
 
 

@@ -128,7 +128,7 @@ def mine_negatives_dense(queries: list[str], pos_index: list[int], corpus: list[
     remaining ones kept. No random fill: it could bring back a dropped candidate."""
     from nemo_nvembed.converters.mining import mine
     from nemo_nvembed.data.beir_folder import RetrievalSet
-    from nemo_nvembed.eval.st_baseline import minilm_path
+    from nemo_nvembed.paths import minilm_path
     from nemo_nvembed.paper_data.teachers import TeacherFactory
 
     path = minilm_path()
