@@ -1,4 +1,4 @@
-"""The demo data's general-domain training sources (--sources foldoc,jargon,wordnet): parsers on tiny
+"""The demo data's general-domain training sources (--sources foldoc,jargon,wordnet,perldoc): parsers on tiny
 fixture files in the real formats, the Debian fetch without network, and one build. CPU, seconds."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.recipes.demo_corpus import build as dd
-from nemo_nvembed.recipes.demo_corpus import debian, dictd, extra_sources, wordnet
+from nemo_nvembed.recipes.demo_corpus import debian, dictd, extra_sources, perldoc, wordnet
 
 FOLDOC_AST = """abstract syntax tree
 AST
@@ -174,17 +174,57 @@ def _fixture_root(root: Path, n: int = 12) -> Path:
     rows = [([f"word{k}"], [], f'a made-up sense wn{k}a wn{k}b; "it shows word{k} used in wn{k}c wn{k}d wn{k}e wn{k}f"')
             for k in range(n)]
     write_wordnet(root / "usr/share/wordnet", {"n": rows, "v": rows[:2], "a": rows[:2], "r": rows[:2]})
+    write_perl(root / "usr/share/perl/5.36.0", [perl_module(t, k) for k, t in enumerate(TOPICS[:n])])
     return root
+
+
+def perl_module(topic: str, k: int) -> tuple[str, str]:
+    """(relative path, source) of a module whose POD uses its own made-up tokens (no near-duplicates)."""
+    own = lambda part, n: " ".join(f"{topic[:3]}{part}{k}w{j}" for j in range(n))
+    name = f"Demo::{topic.capitalize()}"
+    return (name.replace("::", "/") + ".pm",
+            f"package {name};\n1;\n__END__\n\n=head1 NAME\n\n{name} - keep {own('q', 4)} for C<programs>\n\n"
+            f"=head1 SYNOPSIS\n\n    use {name};\n\n=head1 DESCRIPTION\n\nThe B<{topic}> module holds "
+            f"{own('r', 22)}.\n\n=cut\n")
+
+
+def write_perl(folder: Path, modules: list[tuple[str, str]]) -> None:
+    for rel, text in modules:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text, encoding="utf-8")
+
+
+@pytest.mark.skipif(not perldoc.shutil.which("perl"), reason="no perl to render POD (Debian's perl-base)")
+def test_perldoc_pairs_are_name_description_to_description(tmp_path):
+    """Pod::Text renders the markup; every file that gives no pair is counted under its reason."""
+    good = perl_module("socket", 1)
+    write_perl(tmp_path, [
+        good,
+        ("Demo/Copy.pm", good[1].replace("Demo::Socket", "Demo::Copy")),  # the same texts again
+        ("Demo/Plain.pm", "package Demo::Plain;\n1;\n"),
+        ("Demo/NoDash.pm", "=head1 NAME\n\nDemo::NoDash\n\n=head1 DESCRIPTION\n\n" + "word " * 30 + "\n\n=cut\n"),
+        ("Demo/NoDesc.pod", "=head1 NAME\n\nDemo::NoDesc - a module without a description section\n\n=cut\n"),
+        ("Demo/Short.pm", "=head1 NAME\n\nDemo::Short - a module with little to say\n\n=head1 DESCRIPTION\n\nVery little.\n\n=cut\n"),
+        ("Demo/notes.txt", "=head1 NAME\n\nnot read - a text file\n"),
+    ])
+    items, skipped = perldoc.read_pairs(tmp_path, extra_sources.PERLDOC, 3, 20, 600)
+    assert [i.id for i in items] == ["perldoc:Demo::Copy"]  # path order: Copy.pm before Socket.pm
+    assert items[0].summary == 'keep socq1w0 socq1w1 socq1w2 socq1w3 for "programs"'  # C<programs>, as Pod::Text shows it
+    assert items[0].body.startswith("The socket module holds socr1w0 ") and "use Demo" not in items[0].body
+    assert skipped == {"no POD": 1, "no 'name - description' NAME": 1, "no DESCRIPTION": 1, "short DESCRIPTION": 1,
+                       "repeated query or positive": 1}
+    with pytest.raises(UserError, match="no .pm or .pod files under"):
+        perldoc.read_pairs(tmp_path / "Demo" / "missing", extra_sources.PERLDOC, 3, 20, 600)
 
 
 def test_build_sources_filters_heldout_near_duplicates_and_mines_within_source(tmp_path, monkeypatch):
     monkeypatch.setattr(debian, "SYSTEM", _fixture_root(tmp_path))
-    cfg = dd.DemoDataConfig(sources="wordnet, jargon,foldoc", max_per_source=10, num_neg=3)
+    cfg = dd.DemoDataConfig(sources="wordnet, perldoc,jargon,foldoc", max_per_source=10, num_neg=3)
     items = {name: extra_sources._load(name, cfg)[0] for name in ("foldoc", "jargon")}
     held = [items["jargon"][0].summary]  # one query in the Python-docs held-out, one positive among the man pages
     manual = [items["jargon"][1].body]
     examples, manifest = extra_sources.build_sources(cfg, held, manual, dd.mine_negatives)
-    assert list(manifest) == ["foldoc", "jargon", "wordnet"]
+    assert list(manifest) == ["foldoc", "jargon", "wordnet", "perldoc"]
     assert manifest["foldoc"]["same_headword_as_jargon_removed"] == 1  # bogon: the Jargon File's entry wins
     assert manifest["jargon"]["near_duplicates_removed"] == {"heldout": 1, "heldout_manpages": 1}
     for name, info in manifest.items():

@@ -1,4 +1,4 @@
-"""General-domain training sources of the demo data, from Debian packages (``--sources foldoc,jargon,wordnet``).
+"""General-domain training sources of the demo data, from Debian packages (``--sources foldoc,jargon,wordnet,perldoc``).
 
 Each source gives retrieval pairs shaped like ``PyDocRetrieval`` (a short query that summarises, a
 longer positive) under its own task (instructions in conf/tasks.yaml):
@@ -8,6 +8,8 @@ longer positive) under its own task (instructions in conf/tasks.yaml):
   whose headword the Jargon File also defines is dropped (FOLDOC copies many Jargon File entries:
   two near-identical pairs would be each other's false negatives in a batch).
 * ``wordnet``: WordNet 3.0 synsets (``wordnet-base``); task ``WordNetRetrieval``, pairs by :mod:`.wordnet`.
+* ``perldoc``: Perl's core-module documentation (``perl-modules-5.36``); task ``PerlDocRetrieval``,
+  pairs by :mod:`.perldoc` (NAME's description -> DESCRIPTION's start).
 
 Per source, in a fixed order whatever order ``--sources`` names them: all usable pairs; a seeded
 sample of ``max_per_source``; minus those with a query or positive that is a near-duplicate of a
@@ -26,10 +28,10 @@ from typing import Callable
 
 from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.data.neardup import near_duplicates
-from nemo_nvembed.recipes.demo_corpus import debian, dictd, wordnet
+from nemo_nvembed.recipes.demo_corpus import debian, dictd, perldoc, wordnet
 from nemo_nvembed.recipes.demo_corpus.docstrings import DocItem
 
-GLOSSARY, WORDNET = "GlossaryRetrieval", "WordNetRetrieval"
+GLOSSARY, WORDNET, PERLDOC = "GlossaryRetrieval", "WordNetRetrieval", "PerlDocRetrieval"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Source:
     def read(self, name: str, folder: Path, cfg) -> tuple[list[DocItem], Counter]:
         if self.task == WORDNET:
             return wordnet.read_pairs(folder, self.task, cfg.min_summary_words, cfg.max_chars)
+        if self.task == PERLDOC:
+            return perldoc.read_pairs(folder, self.task, cfg.min_summary_words, cfg.min_body_words, cfg.max_chars)
         return dictd.read_pairs(folder, name, self.task, cfg.min_summary_words, cfg.min_body_words, cfg.max_chars)
 
 
@@ -53,6 +57,9 @@ SOURCES = {
     "jargon": Source(GLOSSARY, "dict-jargon", "public domain (The Jargon File 4.4.7)", "usr/share/dictd", "jargon.index"),
     "wordnet": Source(WORDNET, "wordnet-base", "WordNet 3.0 licence (permissive, BSD-like; Princeton University)",
                       "usr/share/wordnet", "data.noun"),
+    "perldoc": Source(PERLDOC, "perl-modules-5.36", "Perl's: the GNU GPL (1 or later) or the Artistic License, "
+                      "as each module's COPYRIGHT says (/usr/share/doc/perl/copyright)",
+                      "usr/share/perl/5.36.0", "Benchmark.pm"),
 }
 
 
