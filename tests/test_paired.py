@@ -13,7 +13,7 @@ from ir_measures import nDCG
 
 from nemo_nvembed import compare_runs, evaluate
 from nemo_nvembed.checks.errors import UserError
-from nemo_nvembed.eval.paired import paired_comparison, per_query
+from nemo_nvembed.eval.paired import group_of, paired_by_group, paired_comparison, per_query
 from nemo_nvembed.eval.retrieval_metrics import read_trec_run, write_trec_run
 from nemo_nvembed.paths import minilm_path
 
@@ -39,6 +39,19 @@ def test_mean_difference_equals_ir_measures_aggregates_and_the_interval_holds_it
 def test_identical_runs_differ_by_zero():
     r = paired_comparison(QRELS, A, A)
     assert r["b_minus_a"] == 0 and r["ci95"] == [0.0, 0.0] and r["paired_t_p"] == 1.0 and r["ties"] == 3
+
+
+def test_groups_split_the_queries_and_each_is_the_comparison_on_its_subset():
+    qrels = {"q:open.2": {"d0": 1}, "q:printf.3": {"d1": 1}, "q:epoll.7": {"d2": 1}, "q:x": {"d0": 1}}
+    assert group_of(r"\.(\w+)$", qrels) == {"q:open.2": "2", "q:printf.3": "3", "q:epoll.7": "7", "q:x": "(no match)"}
+    assert group_of(r"\d$", ["a.2", "b"]) == {"a.2": "2", "b": "(no match)"}  # no capture group: the whole match
+    a = {"q:open.2": {"d0": 0.9}, "q:printf.3": {"d0": 0.9, "d1": 0.5}, "q:epoll.7": {"d2": 0.9}, "q:x": {"d0": 1.0}}
+    b = {"q:open.2": {"d0": 0.9}, "q:printf.3": {"d1": 0.9}, "q:epoll.7": {"d0": 0.9}, "q:x": {"d0": 1.0}}
+    by = paired_by_group(qrels, a, b, r"\.(\w+)$", resamples=200)
+    assert list(by) == ["(no match)", "2", "3", "7"] and all(g["queries"] == 1 for g in by.values())
+    assert by["3"]["b_minus_a"] == pytest.approx(1 - 1 / math.log2(3)) and by["7"]["b_minus_a"] == -1.0
+    whole = paired_comparison(qrels, a, b)
+    assert sum(g["b_minus_a"] for g in by.values()) / 4 == pytest.approx(whole["b_minus_a"])
 
 
 def test_trec_run_round_trip_and_a_bad_line_names_file_and_line(tmp_path):
@@ -73,9 +86,15 @@ def test_compare_runs_command_and_its_errors(tmp_path, capsys):
     compare_runs.main(["--beir", str(root), str(tmp_path / "a.run"), str(tmp_path / "b.run"), "--resamples", "500"])
     out = json.loads(capsys.readouterr().out)
     assert out["b_minus_a"] == pytest.approx(paired_comparison(QRELS, A, B)["b_minus_a"]) and out["queries"] == 3
+    assert "groups" not in out
+    compare_runs.main(["--beir", str(root), str(tmp_path / "a.run"), str(tmp_path / "b.run"), "--resamples", "500",
+                       "--group", "q([01])"])
+    out = json.loads(capsys.readouterr().out)
+    assert {g: v["queries"] for g, v in out["groups"].items()} == {"(no match)": 1, "0": 1, "1": 1}
     write_trec_run({"q9": {"d0": 1.0}}, tmp_path / "other.run")
     for argv, message in ((["--measure", "nDCG@ten"], "is not an ir_measures measure"),
-                          ([str(tmp_path / "other.run")], "1 queries not in")):
+                          ([str(tmp_path / "other.run")], "1 queries not in"),
+                          (["--group", "q(["], "is not a regular expression")):
         with pytest.raises(SystemExit) as e:
             compare_runs.main(["--beir", str(root), *argv, str(tmp_path / "a.run"),
                                *([] if argv[0].endswith(".run") else [str(tmp_path / "b.run")])])

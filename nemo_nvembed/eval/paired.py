@@ -7,6 +7,8 @@ A query of the qrels that a run does not answer counts 0 for that run (as an emp
 """
 from __future__ import annotations
 
+import re
+
 import ir_measures
 import numpy as np
 from scipy import stats
@@ -40,3 +42,24 @@ def paired_comparison(qrels, run_a, run_b, measure_name: str = "nDCG@10", resamp
     return {"measure": measure_name, "queries": len(qids), "a": float(va.mean()), "b": float(vb.mean()),
             "b_minus_a": float(diff.mean()), "ci95": [low, high], "paired_t_p": p,
             "b_wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "b_losses": int((diff < 0).sum())}
+
+
+def group_of(pattern: str, query_ids) -> dict[str, str]:
+    """{query id: its group}: the first capture group of ``pattern`` searched in the id (the whole match
+    when the pattern has no group); ids it does not match are grouped under "(no match)"."""
+    rx = re.compile(pattern)
+    out = {}
+    for qid in query_ids:
+        m = rx.search(qid)
+        out[qid] = "(no match)" if m is None else (m.group(1) if rx.groups else m.group(0))
+    return out
+
+
+def paired_by_group(qrels, run_a, run_b, pattern: str, measure_name: str = "nDCG@10", resamples: int = 10000,
+                    seed: int = 0) -> dict[str, dict]:
+    """:func:`paired_comparison` within each group of queries (:func:`group_of`), groups sorted by name:
+    where a difference between two models comes from (e.g. man-page sections: ``--group '\\.(\\w+)$'``)."""
+    groups = group_of(pattern, qrels)
+    return {g: paired_comparison({q: r for q, r in qrels.items() if groups[q] == g}, run_a, run_b, measure_name,
+                                 resamples, seed)
+            for g in sorted(set(groups.values()))}
