@@ -28,12 +28,13 @@ _RENDER = ('binmode STDOUT, ":encoding(UTF-8)"; use Pod::Text; for my $f (@ARGV)
 _HEADING = re.compile(r"^(\S.*)$", re.MULTILINE)  # Pod::Text puts =head1 at column 0, the rest indented
 
 
-def render(files: list[Path], perl_lib: Path | None) -> dict[str, str]:
-    """{path: Pod::Text's plain text} of every file ("" for a file without POD)."""
+def render(files: list[Path], perl_lib: Path) -> dict[str, str]:
+    """{path: Pod::Text's plain text} of every file ("" for a file without POD); ``perl_lib`` goes on
+    perl's @INC, so Pod::Text is found in the unpacked package when perl-modules is not installed."""
     perl = shutil.which("perl")
     if perl is None:
         raise UserError("--sources perldoc needs perl (Debian's perl-base) to render POD; none on PATH")
-    cmd = [perl] + ([f"-I{perl_lib}"] if perl_lib else []) + ["-e", _RENDER, *map(str, files)]
+    cmd = [perl, f"-I{perl_lib}", "-e", _RENDER, *map(str, files)]
     p = subprocess.run(cmd, capture_output=True)
     if p.returncode != 0:
         raise UserError(f"--sources perldoc: rendering POD with Pod::Text failed: "
@@ -93,5 +94,5 @@ def read_pairs(folder: Path, task: str, min_summary_words: int, min_body_words: 
             continue
         seen.update(keys)
         module = str(path.relative_to(folder).with_suffix("")).replace("/", "::")
-        items.append(DocItem(f"perldoc:{module}", module, "perl", "module", summary, body))
+        items.append(DocItem(f"perldoc:{module}", module, task, "module", summary, body))
     return items, skipped
