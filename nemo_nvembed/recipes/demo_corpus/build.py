@@ -24,8 +24,8 @@ that no normalised text appears in both training files and held-out files.
 A second held-out split of another domain (``heldout_manpages/``: Linux man pages, :mod:`.manpages`)
 is read by no training task; the same check covers it.
 
-General-domain training sources (``--sources foldoc,jargon,wordnet,perldoc``: two computing glossaries,
-WordNet and Perl's module documentation, from Debian packages; :mod:`.extra_sources`) add retrieval tasks of their own to stages 1
+General-domain training sources (``--sources foldoc,jargon,wordnet,perldoc,debdesc``: two computing glossaries,
+WordNet, Perl's module documentation and Debian's package descriptions; :mod:`.extra_sources`) add retrieval tasks of their own to stages 1
 and 2, filtered against both held-out splits; none by default.
 
 Instructions for the three tasks live in the task registry (conf/tasks.yaml), not here.
@@ -79,7 +79,7 @@ class DemoDataConfig:
     negatives: str = "bm25"  # hard-negative teacher: bm25, or minilm (the offline all-MiniLM-L6-v2; mine_negatives_dense)
     manpages_queries: int = 150  # second held-out domain: Linux man pages (manpages.py); 0 = none
     manpages_corpus: int = 300
-    sources: str = ""  # comma-separated general-domain training sources: foldoc, jargon, wordnet, perldoc (extra_sources.py)
+    sources: str = ""  # comma-separated general-domain training sources: foldoc, jargon, wordnet, perldoc, debdesc; name:N samples N (extra_sources.py)
     max_per_source: int = 500  # pairs sampled per source, before the near-duplicate filter
 
     def __post_init__(self):
