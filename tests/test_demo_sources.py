@@ -1,4 +1,4 @@
-"""The demo data's general-domain training sources (--sources foldoc,jargon,wordnet,perldoc): parsers on tiny
+"""The demo data's general-domain training sources (--sources foldoc,jargon,wordnet,perldoc,debdesc): parsers on tiny
 fixture files in the real formats, the Debian fetch without network, and one build. CPU, seconds."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from nemo_nvembed.checks.errors import UserError
 from nemo_nvembed.recipes.demo_corpus import build as dd
-from nemo_nvembed.recipes.demo_corpus import debian, dictd, extra_sources, perldoc, wordnet
+from nemo_nvembed.recipes.demo_corpus import debdesc, debian, dictd, extra_sources, perldoc, wordnet
 
 FOLDOC_AST = """abstract syntax tree
 AST
@@ -282,3 +282,104 @@ def test_build_with_sources_joins_both_stages_and_stays_disjoint(tmp_path, monke
     assert all({"licence", "version", "package", "skipped"} <= set(info) for info in m["extra_sources"].values())
     first = [e["task"] for e in data["stage1"][:60]]
     assert len(set(first)) == 3  # shuffled in, not appended
+
+
+TRANSLATION = """Package: 0ad
+Description-md5: d943033bedada21853d2ae54a2578a7b
+Description-en: Real-time strategy game of ancient warfare
+ 0 A.D. (pronounced "zero ey-dee") is a free, open-source, cross-platform
+ real-time strategy (RTS) game of ancient warfare. In short, it is a
+ historically-based war/economy game.
+ .
+ This package contains the main executable.
+
+Package: 0ad-data
+Description-md5: 00000000000000000000000000000001
+Description-en: Real-time strategy game of ancient warfare (data files)
+ 0 A.D. (pronounced "zero ey-dee") is a free, open-source, cross-platform
+ real-time strategy (RTS) game of ancient warfare. In short, it is a
+ historically-based war/economy game.
+ .
+ This package contains the data files.
+
+Package: libfoo-dbg
+Description-md5: 00000000000000000000000000000002
+Description-en: debugging symbols for libfoo, a library that frobnicates widgets
+ This package contains the debugging symbols of libfoo, the library that
+ frobnicates widgets of every size and shape for graphical programs.
+
+Package: oldname
+Description-md5: 00000000000000000000000000000003
+Description-en: transitional package for newname and its widget tools
+ This is a transitional package. It can safely be removed once newname is
+ installed on every machine that used the widget tools before.
+
+Package: tiny
+Description-md5: 00000000000000000000000000000004
+Description-en: a tool with a very short description
+ Does little.
+
+Package: zsh
+Description-md5: a129d6b2d23d2d5d3a6b822d3f8f856d
+Description-en: shell with lots of features
+ Zsh is a UNIX command interpreter (shell) usable as an
+ interactive login shell and as a shell script command processor. Of the
+ standard shells, zsh most closely resembles ksh but includes many
+ enhancements.
+ .
+ Zsh has command-line editing, built-in spelling correction, programmable
+ command completion, shell functions (with autoloading), a history
+ mechanism, and a host of other features.
+"""
+
+
+def _translation(tmp_path: Path, text: str = TRANSLATION) -> tuple[Path, Path]:
+    """(an InRelease listing Translation-en.xz's real SHA256, the .xz in a cache folder)."""
+    import hashlib
+    import lzma
+    data = lzma.compress(text.encode())
+    digest = hashlib.sha256(data).hexdigest()
+    inrelease = tmp_path / "lists" / "deb.debian.org_debian_dists_bookworm_InRelease"
+    inrelease.parent.mkdir(parents=True)
+    inrelease.write_text("Origin: Debian\nDescription: Debian 12.15 Released 11 July 2026\nDate: Sat, 11 Jul 2026\n"
+                         f"MD5Sum:\n 0123 {len(data)} main/i18n/Translation-en.xz\n"
+                         f"SHA256:\n {'0' * 64} 7 main/i18n/Translation-en\n {digest} {len(data)} main/i18n/Translation-en.xz\n")
+    cached = tmp_path / "cache" / f"Translation-en.{digest[:16]}.xz"
+    cached.parent.mkdir()
+    cached.write_bytes(data)
+    return inrelease, cached
+
+
+def test_debdesc_pairs_are_synopsis_to_description(tmp_path):
+    """Template packages, short texts and a library's repeated first paragraph are skipped, each counted."""
+    _, path = _translation(tmp_path)
+    items, skipped = debdesc.read_pairs(path, extra_sources.DEBDESC, 3, 20, 600)
+    assert [i.id for i in items] == ["debdesc:0ad", "debdesc:zsh"]  # 0ad-data repeats 0ad's first paragraph
+    assert items[1].summary == "shell with lots of features"
+    assert items[1].body.startswith("Zsh is a UNIX command interpreter (shell) usable as an interactive login shell")
+    assert "enhancements. Zsh has command-line editing" in items[1].body  # paragraphs (" .") joined
+    assert skipped == {"transitional, dummy, debug-symbol or documentation package": 2, "short description": 1,
+                       "repeated synopsis or first paragraph": 1}
+
+
+def test_debdesc_fetch_checks_the_release_hash(tmp_path, monkeypatch):
+    """A cached file with InRelease's hash is used as is; a changed one is fetched again by apt-helper."""
+    inrelease, cached = _translation(tmp_path)
+    base = "http://deb.debian.org/debian/dists/bookworm/"
+    monkeypatch.setattr(debdesc, "release_index", lambda lists: (inrelease, base))
+    path, info = debdesc.fetch(cached.parent, inrelease.parent)
+    assert path == cached and info["url"] == base + debdesc.MEMBER and info["release"].startswith("Debian 12.15")
+    assert info["sha256"] == debdesc.sha256(cached)
+    cached.write_bytes(b"corrupt")
+    monkeypatch.setattr(debdesc, "APT_HELPER", tmp_path / "no-apt-helper")
+    with pytest.raises(UserError, match="apt's downloader\\) is missing; cannot fetch http://deb.debian.org/.*Translation-en.xz"):
+        debdesc.fetch(cached.parent, inrelease.parent)
+    with pytest.raises(UserError, match="lists no SHA256 for main/i18n/Translation-fr.xz"):
+        debdesc.listed_sha256(inrelease, "main/i18n/Translation-fr.xz")
+
+
+def test_sources_take_their_own_sample_size():
+    assert extra_sources.source_caps(" debdesc:20, foldoc ") == {"foldoc": None, "debdesc": 20}
+    for bad in ("debdesc:0", "debdesc:x", "debdesc:-3"):
+        with pytest.raises(UserError, match=f"--sources {bad}: the sample size"):
+            extra_sources.source_caps(bad)
