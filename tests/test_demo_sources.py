@@ -374,8 +374,10 @@ def test_debdesc_fetch_checks_the_release_hash(tmp_path, monkeypatch):
     monkeypatch.setattr(debdesc, "APT_HELPER", tmp_path / "no-apt-helper")
     with pytest.raises(UserError, match="apt's downloader\\) is missing; cannot fetch http://deb.debian.org/.*Translation-en.xz"):
         debdesc.fetch(cached.parent, inrelease.parent)
-    with pytest.raises(UserError, match="lists no SHA256 for main/i18n/Translation-fr.xz"):
-        debdesc.listed_sha256(inrelease, "main/i18n/Translation-fr.xz")
+    assert debdesc.listed_sha256(inrelease.read_text(), "main/i18n/Translation-fr.xz") is None
+    inrelease.write_text("Origin: Debian\nSHA256:\n " + "0" * 64 + " 7 main/i18n/Translation-en\n")
+    with pytest.raises(UserError, match="lists no SHA256 for main/i18n/Translation-en.xz"):
+        debdesc.fetch(cached.parent, inrelease.parent)
 
 
 def test_sources_take_their_own_sample_size():

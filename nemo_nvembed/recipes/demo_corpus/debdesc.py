@@ -56,38 +56,39 @@ def release_index(lists: Path = LISTS) -> tuple[Path, str]:
     return inrelease, base
 
 
-def listed_sha256(inrelease: Path, member: str = MEMBER) -> tuple[str, int]:
-    """(sha256, size) that `inrelease`'s SHA256 section lists for `member`."""
+def listed_sha256(inrelease: str, member: str = MEMBER) -> tuple[str, int] | None:
+    """(sha256, size) that an ``InRelease`` text's SHA256 section lists for `member`; None if it lists none."""
     section = False
-    for line in inrelease.read_text(errors="replace").splitlines():
+    for line in inrelease.splitlines():
         if not line.startswith(" "):
             section = line.strip() == "SHA256:"
             continue
         parts = line.split()
         if section and len(parts) == 3 and parts[2] == member:
             return parts[0], int(parts[1])
-    raise UserError(f"--sources debdesc: {inrelease} lists no SHA256 for {member}")
+    return None
 
 
-def release_field(inrelease: Path, field: str) -> str:
-    m = re.search(rf"^{field}: (.*)$", inrelease.read_text(errors="replace"), re.MULTILINE)
+def release_field(inrelease: str, field: str) -> str:
+    m = re.search(rf"^{field}: (.*)$", inrelease, re.MULTILINE)
     return m.group(1).strip() if m else "unknown"
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch(cache: Path, lists: Path = LISTS) -> tuple[Path, dict]:
-    """(the release's Translation-en.xz, checked against its InRelease hash; {release, date, sha256, url})."""
+    """(the release's Translation-en.xz, checked against its InRelease hash; {release, date, url, sha256})."""
     inrelease, base = release_index(lists)
-    digest, size = listed_sha256(inrelease)
-    info = {"release": release_field(inrelease, "Description"), "date": release_field(inrelease, "Date"),
-            "url": base + MEMBER, "sha256": digest, "inrelease": str(inrelease)}
+    text = inrelease.read_text(errors="replace")
+    listed = listed_sha256(text)
+    if listed is None:
+        raise UserError(f"--sources debdesc: {inrelease} lists no SHA256 for {MEMBER}")
+    digest, size = listed
+    info = {"release": release_field(text, "Description"), "date": release_field(text, "Date"),
+            "url": base + MEMBER, "sha256": digest}
     path = cache / f"Translation-en.{digest[:16]}.xz"
     if path.is_file() and path.stat().st_size == size and sha256(path) == digest:
         return path, info

@@ -44,8 +44,19 @@ class Source:
     task: str
     package: str
     licence: str
-    folder: str  # where the package installs its files, under / or the cache
+    folder: str  # where the package installs its files, under / or the cache ("" for debdesc: one file)
     probe: str  # a file of the package, relative to folder
+
+    def locate(self, name: str) -> tuple[Path, dict]:
+        """(what :meth:`read` reads: the package's folder, or debdesc's checked file; its provenance for the manifest)."""
+        if self.task == DEBDESC:  # an archive index, not a package: fetched and hash-checked by debdesc
+            path, fetched = debdesc.fetch(debian.CACHE / "debdesc")
+            return path, {"version": fetched["release"], "files": str(path),
+                          **{k: fetched[k] for k in ("url", "sha256", "date")}}
+        root = debian.package_root((self.package,), f"{self.folder}/{self.probe}", debian.CACHE / self.package,
+                                   f"--sources {name}")
+        return root / self.folder, {"version": debian.package_version(self.package, root),
+                                    "files": str(root / self.folder)}
 
     def read(self, name: str, folder: Path, cfg) -> tuple[list[DocItem], Counter]:
         if self.task == WORDNET:
@@ -98,18 +109,10 @@ def source_names(text: str) -> list[str]:
 
 def _load(name: str, cfg) -> tuple[list[DocItem], dict]:
     src = SOURCES[name]
-    if name == "debdesc":  # an archive index, not a package: fetched and checked by debdesc itself
-        path, fetched = debdesc.fetch(debian.CACHE / "debdesc")
-        items, skipped = src.read(name, path, cfg)
-        return items, {"task": src.task, "package": src.package, "version": fetched["release"],
-                       "licence": src.licence, "files": str(path), **{k: fetched[k] for k in ("url", "sha256", "date")},
-                       "parsed": len(items) + sum(skipped.values()), "skipped": dict(sorted(skipped.items())),
-                       "usable": len(items)}
-    root = debian.package_root((src.package,), f"{src.folder}/{src.probe}", debian.CACHE / src.package,
-                               f"--sources {name}")
-    items, skipped = src.read(name, root / src.folder, cfg)
-    info = {"task": src.task, "package": src.package, "version": debian.package_version(src.package, root),
-            "licence": src.licence, "files": str(root / src.folder), "parsed": len(items) + sum(skipped.values()),
+    where, provenance = src.locate(name)
+    items, skipped = src.read(name, where, cfg)
+    info = {"task": src.task, "package": src.package, "version": provenance.pop("version"), "licence": src.licence,
+            **provenance, "parsed": len(items) + sum(skipped.values()),
             "skipped": dict(sorted(skipped.items())), "usable": len(items)}
     return items, info
 
