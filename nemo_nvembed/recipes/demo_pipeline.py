@@ -13,7 +13,9 @@
 The terminal shows the steps, one progress line per stage and the results; the commands and all
 they print (NeMo's configuration dumps, library warnings) go to ``<out>/demo.log``.
 
-Every step is skipped when its output exists, so an interrupted demo resumes where it stopped.
+Every step is skipped when its output exists, so an interrupted demo resumes where it stopped. Each
+step's arguments are recorded beside its output (``<output>.args.json``) when it starts; an output made
+by other arguments (a changed ``conf/demo.yaml``) is refused, naming what changed, never reused.
 """
 from __future__ import annotations
 
@@ -48,6 +50,29 @@ def evaluate(con: Console, nemo: Path, beir: Path, instruction: str, precision: 
     return result
 
 
+def reuse(con: Console, output: Path, args: list[str], done: Path | None = None) -> bool:
+    """Whether the step making `output` from `args` is done (True: skip it). Its arguments are recorded
+    in ``<output>.args.json`` when it starts (False); an output or record from other arguments is
+    refused (:class:`DemoFailed` naming what changed), so a changed configuration never reuses a stale
+    result. An output made before arguments were recorded is reused, as before. ``done``: the file whose
+    existence says the step finished (default: `output` itself)."""
+    record = output.parent / f"{output.name}.args.json"
+    if record.exists():
+        before = json.loads(record.read_text())["args"]
+        if before != args:
+            gone, new = [a for a in before if a not in args], [a for a in args if a not in before]
+            raise DemoFailed(f"{output} was {'made' if (done or output).exists() else 'started'} with other arguments "
+                             f"({record}): now without {gone or '-'}, now with {new or '-'}"
+                             f"{' (same arguments, another order)' if not gone and not new else ''}; "
+                             f"remove {output} and {record} to make it again with these")
+    if (done or output).exists():
+        con.note(f"(exists) {output}")
+        return True
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"args": args}, indent=1) + "\n")
+    return False
+
+
 def run_demo(config: str, overrides: list[str]) -> int:
     """``python -m nemo_nvembed.demo``: every step of the demo described by `config` (conf/demo.yaml); exit code."""
     dcfg = OmegaConf.load(config)
@@ -70,10 +95,9 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
     data = out / "data"
 
     con.say(f"1/6 data: {dcfg.data_description} -> contrastive tasks + held-out BEIR split")
-    if (data / "manifest.json").exists():
-        con.note(f"(exists) {data}")
-    else:
-        con.run([sys.executable, "-m", "nemo_nvembed.demo_data", "--out", str(data), *fmt(dcfg.data_args)], REPO)
+    data_cmd = [sys.executable, "-m", "nemo_nvembed.demo_data", "--out", str(data), *fmt(dcfg.data_args)]
+    if not reuse(con, data, data_cmd[3:], done=data / "manifest.json"):
+        con.run(data_cmd, REPO)
     counts = json.loads((data / "manifest.json").read_text())["counts"]
     con.note(f"stage 1: {counts['stage1']}; stage 2: {counts['stage2']}; held-out: {counts['heldout']}")
 
@@ -81,11 +105,10 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
     con.say(f"2/6 base model: {dcfg.base_source} ({'mean-pooling baseline and ' if base_mean else ''}the model to train)")
     for name, extra in ((("base_mean", ["model.pooling.type=mean"]),) if base_mean else ()) + (("base", []),):
         nemo = out / f"{name}.nemo"
-        if nemo.exists():
-            con.note(f"(exists) {nemo}")
-        else:
-            con.run([sys.executable, "-m", "nemo_nvembed.convert", "from-hf", dcfg.base_source, "--out", str(nemo),
-                     "--model-config", dcfg.base_model_config, *fmt(dcfg.base_overrides), *extra], REPO)
+        convert = [dcfg.base_source, "--out", str(nemo), "--model-config", dcfg.base_model_config,
+                   *fmt(dcfg.base_overrides), *extra]
+        if not reuse(con, nemo, convert):
+            con.run([sys.executable, "-m", "nemo_nvembed.convert", "from-hf", *convert], REPO)
 
     second = data / dcfg.heldout2.folder if dcfg.get("heldout2") else None
     if second and not second.exists():  # data built with --manpages-queries 0
@@ -119,9 +142,7 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
                         .trainer.max_steps)
         con.say(f"{4 + i}/6 {stage}: {max_steps} steps on {dcfg.processes} gloo processes (data-parallel)")
         nemo = out / "runs" / stage / f"{stage}.nemo"
-        if nemo.exists():
-            con.note(f"(exists) {nemo}")
-        else:
+        if not reuse(con, out / "runs" / stage, stage_args, done=nemo):  # the record beside the run folder
             con.run_stage([*torchrun, "--config-name", stage, *stage_args], REPO, stage, max_steps)
         points = read_validation(out / "runs" / stage)
         if not points or points[-1][0] != max_steps:
