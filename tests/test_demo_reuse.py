@@ -35,3 +35,20 @@ def test_done_marker_and_outputs_made_before_records(tmp_path):
     old = tmp_path / "old.nemo"
     old.write_bytes(b"x")
     assert reuse(con, old, ["b=2"]) is True  # no record: made before records existed, reused as before
+
+
+def test_an_input_made_again_refuses_the_steps_made_from_the_old_one(tmp_path):
+    import os
+
+    from nemo_nvembed.recipes.demo_pipeline import stamp
+
+    con = Console(tmp_path / "demo.log")
+    stage1, stage2 = tmp_path / "stage1.nemo", tmp_path / "stage2.nemo"
+    stage1.write_bytes(b"first")
+    assert reuse(con, stage2, ["lr=3e-4", stamp(stage1)]) is False
+    stage2.write_bytes(b"x")
+    assert reuse(con, stage2, ["lr=3e-4", stamp(stage1)]) is True
+    stage1.write_bytes(b"again")  # stage 1 made again (other size and time)
+    os.utime(stage1, ns=(1, 1))
+    with pytest.raises(DemoFailed, match=r"now with \['input .*stage1\.nemo 5-1'\]"):
+        reuse(con, stage2, ["lr=3e-4", stamp(stage1)])

@@ -50,12 +50,19 @@ def evaluate(con: Console, nemo: Path, beir: Path, instruction: str, precision: 
     return result
 
 
+def stamp(path: Path) -> str:
+    """An input file's identity in a step's record: remade upstream, it changes, so the step is not reused."""
+    st = path.stat()
+    return f"input {path} {st.st_size}-{st.st_mtime_ns}"
+
+
 def reuse(con: Console, output: Path, args: list[str], done: Path | None = None) -> bool:
     """Whether the step making `output` from `args` is done (True: skip it). Its arguments are recorded
     in ``<output>.args.json`` when it starts (False); an output or record from other arguments is
     refused (:class:`DemoFailed` naming what changed), so a changed configuration never reuses a stale
     result. An output made before arguments were recorded is reused, as before. ``done``: the file whose
-    existence says the step finished (default: `output` itself)."""
+    existence says the step finished (default: `output` itself). `args` include :func:`stamp` of the
+    step's input files, so a step whose inputs were made again is refused too."""
     record = output.parent / f"{output.name}.args.json"
     if record.exists():
         before = json.loads(record.read_text())["args"]
@@ -142,7 +149,8 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
                         .trainer.max_steps)
         con.say(f"{4 + i}/6 {stage}: {max_steps} steps on {dcfg.processes} gloo processes (data-parallel)")
         nemo = out / "runs" / stage / f"{stage}.nemo"
-        if not reuse(con, out / "runs" / stage, stage_args, done=nemo):  # the record beside the run folder
+        inputs = [data / "manifest.json", out / "base.nemo" if stage == "stage1" else out / "runs" / "stage1" / "stage1.nemo"]
+        if not reuse(con, out / "runs" / stage, [*stage_args, *map(stamp, inputs)], done=nemo):  # record beside the run folder
             con.run_stage([*torchrun, "--config-name", stage, *stage_args], REPO, stage, max_steps)
         points = read_validation(out / "runs" / stage)
         if not points or points[-1][0] != max_steps:
