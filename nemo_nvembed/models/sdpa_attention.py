@@ -108,9 +108,8 @@ def attend(q, k, v, mask=None, scale=None):
     SDPA, except CPU training in bf16/fp16 over at most ``MATH_MAX_KEYS`` keys (module docstring):
     explicit attention in fp32, whose backward is ~3-5x faster than the flash
     kernel's there."""
-    cpu = q.device.type == "cpu" or (q.is_meta and not META_RUNS_CUDA_PATH)
     grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if not (cpu and grads and q.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= MATH_MAX_KEYS):
+    if not (not _cuda_path(q) and grads and q.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= MATH_MAX_KEYS):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (scale or q.shape[-1] ** -0.5)  # [b, heads, s, s]
     if mask is not None:
