@@ -8,6 +8,8 @@ similarity (exact search) and prints one JSON object. ``--model`` may also be a 
 model folder (e.g. the offline all-MiniLM-L6-v2 the demo's baseline row uses; such models take no
 instruction), and ``--bm25`` in its place scores the demo's BM25 baseline. ``--save-run R.run`` keeps the ranking (TREC format) for ``python -m
 nemo_nvembed.compare_runs``: a paired comparison of two models on the same queries.
+``--doc-max-length N`` cuts documents at N tokens instead of the model's max_length (e.g. the length it
+trained on), to see how a score depends on document length.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 
 from nemo_nvembed.checks import path_checks as checks
-from nemo_nvembed.checks.errors import exit_on_user_error
+from nemo_nvembed.checks.errors import UserError, exit_on_user_error
 from nemo_nvembed.data.beir_folder import load_beir
 
 
@@ -34,15 +36,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--doc-max-length", type=int, default=None,
+                   help="cut documents at this many tokens (default: the model's max_length); queries are not cut")
     p.add_argument("--save-run", default=None, help="write the ranking (top 100 per query) here, TREC run format")
     args = p.parse_args(argv)
     checks.positive("--batch-size", args.batch_size)
     checks.positive("--tp", args.tp)
+    if args.doc_max_length is not None:
+        checks.positive("--doc-max-length", args.doc_max_length)
     if args.save_run is not None:
         checks.output_file(args.save_run, "--save-run")
     data = load_beir(args.beir, args.split)  # the folder's errors before any model loads
     plain = args.bm25 or Path(args.model).is_dir()
     unused = [o for o, v in (("--instruction", args.instruction), ("--precision bf16", args.precision == "bf16")) if v]
+    if plain and args.doc_max_length is not None:
+        raise UserError(f"--doc-max-length applies to .nemo models; {'BM25' if args.bm25 else args.model} "
+                        "reads documents whole (BM25) or at its own max_seq_length")
     if plain and unused:  # said, not dropped silently
         print(f"note: {'BM25' if args.bm25 else 'a sentence-transformers model'} takes no instruction or precision"
               f": {' and '.join(unused)} not used", file=sys.stderr)
@@ -65,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         checks.input_file(args.model, "--model")
         model, instruction = NVEmbedNetwork.load(args.model, tp=args.tp), args.instruction
     result = score(model, data, instruction, args.batch_size, args.precision, progress=True,
-                   run_path=args.save_run if distributed.is_global_rank_zero() else None, run_tag=Path(args.model).name)
+                   run_path=args.save_run if distributed.is_global_rank_zero() else None, run_tag=Path(args.model).name,
+                   doc_max_length=args.doc_max_length)
     if distributed.is_global_rank_zero():
         print(json.dumps({"model": args.model, "beir": args.beir, **result}))
 

@@ -63,3 +63,24 @@ def test_scores_equal_hand_computed_ndcg_and_recall(tmp_path):
     assert math.isclose(got["recall@100"], recall, rel_tol=1e-6)
     assert (got["queries"], got["corpus"]) == (3, N_DOCS)
     assert model.instructions == {None, "Given a query, find it"}  # documents plain, queries instructed
+
+
+def test_doc_max_length_cuts_documents_only(tmp_path):
+    """`score(..., doc_max_length=N)` (evaluate --doc-max-length) passes the cut to document encoding, never to queries."""
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(3)))
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "query"}) + "\n")
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td1\t1\n")
+    seen = []
+
+    class Recorder:
+        def encode(self, texts, instruction=None, batch_size=32, precision="fp32", progress=False, max_length=None):
+            seen.append((instruction, max_length))
+            return torch.eye(3)[[1] * len(texts)] if instruction else torch.eye(3)
+
+    data = load_beir(tmp_path)
+    assert score(Recorder(), data, "find it", doc_max_length=64)["ndcg@10"] == 1.0
+    assert seen == [(None, 64), ("find it", None)]
+    seen.clear()
+    score(Recorder(), data, "find it")
+    assert seen == [(None, None), ("find it", None)]

@@ -132,6 +132,9 @@ def test_evaluate_bm25_row_saves_the_run_it_scores(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--bm25", "--model", "x.nemo", "--beir", str(root)])
     assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # BM25 reads documents whole: the cut is refused, not ignored
+        evaluate.main(["--bm25", "--beir", str(root), "--doc-max-length", "64"])
+    assert e.value.code == 2 and "--doc-max-length applies to .nemo models" in capsys.readouterr().err
 
 
 def load_qrels(root):

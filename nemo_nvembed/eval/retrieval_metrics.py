@@ -16,8 +16,11 @@ from nemo_nvembed.data.beir_folder import RetrievalSet
 
 
 def score(model, data: RetrievalSet, instruction: str | None, batch_size: int = 32, precision: str = "fp32",
-          k: int = 100, progress: bool = False, run_path: str | None = None, run_tag: str = "run") -> dict[str, float]:
-    docs = model.encode(data.doc_texts, batch_size=batch_size, precision=precision, progress=progress)
+          k: int = 100, progress: bool = False, run_path: str | None = None, run_tag: str = "run",
+          doc_max_length: int | None = None) -> dict[str, float]:
+    """``doc_max_length``: documents cut at this many tokens (None: the model's own max_length)."""
+    cut = {} if doc_max_length is None else {"max_length": doc_max_length}
+    docs = model.encode(data.doc_texts, batch_size=batch_size, precision=precision, progress=progress, **cut)
     qs = model.encode(data.query_texts, instruction=instruction, batch_size=batch_size, precision=precision, progress=progress)
     sims = torch.nn.functional.normalize(qs, dim=-1) @ torch.nn.functional.normalize(docs, dim=-1).T  # [q, n]
     top = sims.topk(min(k, sims.shape[1]), dim=1)
