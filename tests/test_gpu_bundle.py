@@ -124,15 +124,12 @@ def test_check_script_cpu_smoke_over_bundle_and_image_stand_ins(bundle, tmp_path
     """scripts/gpu_check.sh --cpu-smoke in a venv of CPU torch + image stand-ins + the bundle's pins."""
     v, ready = venv(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable, "py311")
     if not ready:
-        # --no-compile: the image's own packages come compiled; byte-compiling every module here cost ~1 min of CI
-        # (torch alone: 57 s against 20 s); the modules the smoke imports compile when first imported.
-        pip(v, "install", "-q", "--no-compile", "torch==2.13.0")  # the CPU build on local disk; the image has its CUDA torch
+        pip(v, "install", "-q", "torch==2.13.0")  # the CPU build on local disk; the image has its CUDA torch
         used = gpu_bundle.closure(bundle, "3.12.3")["image_used"]
         pins = {n: ver for n, ver in used.items()}
         pins["pytest"] = None  # the image has pytest; the check runs it
         for _ in range(len(pins)):  # the image's version where Python 3.11 has it (numpy 2.5 needs 3.12)
-            p = subprocess.run([str(v / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile",
-                                "--disable-pip-version-check",
+            p = subprocess.run([str(v / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                                 *(f"{n}=={ver}" if ver else n for n, ver in pins.items())], capture_output=True, text=True,
                                timeout=900)
             nomatch = re.search(r"No matching distribution found for ([A-Za-z0-9_.-]+)==", p.stderr)
