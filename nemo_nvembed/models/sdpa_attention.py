@@ -109,7 +109,7 @@ def attend(q, k, v, mask=None, scale=None):
     explicit attention in fp32, whose backward is ~3-5x faster than the flash
     kernel's there."""
     grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if not (not _cuda_path(q) and grads and q.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= MATH_MAX_KEYS):
+    if _cuda_path(q) or not grads or q.dtype not in (torch.bfloat16, torch.float16) or k.shape[-2] > MATH_MAX_KEYS:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (scale or q.shape[-1] ** -0.5)  # [b, heads, s, s]
     if mask is not None:
