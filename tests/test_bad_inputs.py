@@ -184,6 +184,7 @@ TRAIN_CASES = {
     "max_steps 0": (["trainer.max_steps=0"], "trainer.max_steps must be an integer >= 1"),
     "resume typo": (["resume=fersh"], "resume: 'fersh' is not one of"),
     "skip fraction 1": (["train.max_skipped_fraction=1.0"], "train.max_skipped_fraction must be in [0, 1)"),
+    "heap trim -1": (["train.host_memory_trim_every_n_steps=-1"], "train.host_memory_trim_every_n_steps must be >= 0"),
     "duplicate examples": (["train.data.path={dup}"], "train_dup.jsonl:13: duplicate of line 5"),
     "init_from damaged": (["init_from={tmp}/text.nemo"], "text.nemo: not a readable .nemo archive"),
     # The layout (issue 23): each with the world size the launcher gives (WORLD_SIZE, set for the case).

@@ -97,6 +97,7 @@ class TrainSection:
     max_skipped_fraction: float = MISSING
     frozen_weights_bf16: bool = MISSING  # with trainer.precision bf16-*: the frozen backbone held in bf16
     watchdog_s: float = MISSING  # no progress (step, save, validation) for this long: dump stacks, exit 75; 0: off
+    host_memory_trim_every_n_steps: int = MISSING  # glibc malloc_trim after every n-th step (training/host_memory.py); 0: off
 
 
 def stage_train_config(stage: str = "stage1", overrides=()) -> DictConfig:
@@ -122,6 +123,9 @@ def validate_train_config(cfg, source: str = "train config") -> DictConfig:
         raise ConfigError(f"{source}: train.data.duplicates: {merged.data.duplicates!r} is not 'error' or 'drop'")
     if merged.watchdog_s < 0:
         raise ConfigError(f"{source}: train.watchdog_s must be >= 0 (0: no watchdog), got {merged.watchdog_s}")
+    if merged.host_memory_trim_every_n_steps < 0:
+        raise ConfigError(f"{source}: train.host_memory_trim_every_n_steps must be >= 0 (0: never), "
+                          f"got {merged.host_memory_trim_every_n_steps}")
     if not 0 <= merged.max_skipped_fraction < 1:
         raise ConfigError(f"{source}: train.max_skipped_fraction must be in [0, 1), got {merged.max_skipped_fraction}")
     for key in ("global_batch_size", "num_negatives", "query_max_length", "doc_max_length"):

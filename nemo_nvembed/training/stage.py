@@ -187,6 +187,7 @@ def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path, teacher=
     from nemo_nvembed.training import resume
     from nemo_nvembed.training.callbacks import RetrievalValidation
     from nemo_nvembed.training.checkpoint_io import ManifestCheckpointIO
+    from nemo_nvembed.training.host_memory import HostMemory
     from nemo_nvembed.training.nemo_model import NVEmbedModel, StageData
     from nemo_nvembed.training.preemption import PreemptionCheckpoint
     from nemo_nvembed.training.run_info import write_run_info
@@ -216,7 +217,7 @@ def _train(cfg, saved, registry, loaded, run_dir: Path, env, out: Path, teacher=
     preemption = PreemptionCheckpoint(run_dir)
     # First in the list: its on_train_batch_end feeds before the checkpoint and validation callbacks run.
     watchdog = StepWatchdog(run_dir, tcfg.watchdog_s, env.rank)
-    callbacks = [watchdog, preemption]
+    callbacks = [watchdog, preemption, HostMemory(tcfg.host_memory_trim_every_n_steps, env.rank)]
     if tcfg.validation.beir:
         precision = "bf16" if "bf16" in str(cfg.trainer.precision) else "fp32"
         callbacks.append(RetrievalValidation(tcfg.validation.beir, registry[tcfg.validation.task].eval_instruction,
