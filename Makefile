@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: install test demo demo-long clean-demo gpu-bundle
+.PHONY: install test demo demo-long jemalloc clean-demo gpu-bundle
 
 $(PY):
 	@test -n "$(PYTHON_311)" || { echo "Python 3.11 not found (set PYTHON_311=/path/to/python3.11)"; exit 1; }
@@ -30,8 +30,17 @@ test: install
 demo: install
 	$(PY) -m nemo_nvembed.demo
 
-demo-long: install   # the same pipeline, longer (conf/demo_long.yaml): at most 2 hours on 2 CPU cores
+demo-long: install jemalloc   # the same pipeline, longer (conf/demo_long.yaml): at most 2 hours on 2 CPU cores
 	$(PY) -m nemo_nvembed.demo --config conf/demo_long.yaml
+
+# The training workers' host allocator (nemo_nvembed/training/host_allocator.py): glibc's heap grows step
+# after step on long CPU runs. Installed when missing, if this is root on Debian/Ubuntu; otherwise a note.
+jemalloc: install
+	@$(PY) -c "from nemo_nvembed.training.host_allocator import find_jemalloc as f; raise SystemExit(f() is None)" || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q libjemalloc2 >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjemalloc2 >/dev/null; } || \
+	      echo "note: apt-get install libjemalloc2 failed; training uses glibc's malloc (its heap grows on long CPU runs)"; \
+	  else echo "note: libjemalloc.so.2 not found (apt-get install libjemalloc2); training uses glibc's malloc"; fi
 
 # Wheels a GPU machine needs beyond its image (scripts/gpu_bundle.txt), for scripts/gpu_check.sh; <= 60 MiB.
 gpu-bundle: install

@@ -70,9 +70,13 @@ def _count(text: str) -> int:
 
 
 def main() -> None:
+    nproc, rest = _pop_nproc(sys.argv[1:])
+    if nproc is None:  # a worker: jemalloc as its host allocator when installed (training/host_allocator.py)
+        from nemo_nvembed.training.host_allocator import reexec_with_jemalloc
+
+        reexec_with_jemalloc()
     from nemo.core.config import hydra_runner
 
-    nproc, rest = _pop_nproc(sys.argv[1:])
     if nproc is None:
         hydra_runner(config_path="../conf", config_name="stage1")(one_line_stops(run))()
         return

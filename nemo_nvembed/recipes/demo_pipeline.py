@@ -20,6 +20,7 @@ by other arguments (a changed ``conf/demo.yaml``) is refused, naming what change
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from nemo_nvembed.eval.learning_curve import plot, read_validation
 from nemo_nvembed.eval.st_baseline import score_sentence_transformer
 from nemo_nvembed.paths import CONF, REPO, minilm_path
 from nemo_nvembed.recipes.console import Console, DemoFailed
+from nemo_nvembed.training import host_allocator
 
 
 def evaluate(con: Console, nemo: Path, beir: Path, instruction: str, precision: str) -> dict:
@@ -139,6 +141,11 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
         con.note(f"{name}: nDCG@10 {r['ndcg@10']:.4f}" + (f"; {second.name} {results2[name]['ndcg@10']:.4f}"
                                                           if name in results2 else ""))
 
+    # The workers' host allocator (training/host_allocator.py): jemalloc when installed, unless the config says glibc.
+    allocator = dcfg.get("host_allocator", "jemalloc")
+    if allocator not in ("jemalloc", "glibc"):
+        raise DemoFailed(f"the demo config: host_allocator: {allocator!r} is not 'jemalloc' or 'glibc'")
+    os.environ[host_allocator.ENV] = allocator
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dcfg.processes),
                 "-m", "nemo_nvembed.train"]
     curves = []

@@ -1,28 +1,36 @@
-"""Host memory of a training rank: its resident size logged every step, glibc's free heap handed
-back to the system every ``train.host_memory_trim_every_n_steps`` steps.
+"""Host memory of a training rank: its resident size logged every step; optionally, glibc's free heap
+handed back to the system every ``train.host_memory_trim_every_n_steps`` steps (default 0: never).
 
 Why: on a CPU run the activations live in the host heap. Packed chunks (``train.chunking.packed``)
-hold a different number of tokens every step, so each step asks glibc for slightly different sizes
-and its heap keeps growing. Measured on the demo-long stage 1 (2 gloo ranks, SmolLM2-135M,
-32 x (48 + 64) tokens, the larger rank's RSS sampled every 2 s, maximum per sixth of the run):
+hold a different number of tokens every step, so each step asks the allocator for slightly different
+sizes, and glibc's heap keeps growing. Measured on the demo-long stage 1 (2 gloo ranks,
+SmolLM2-135M, 32 x (48 + 64) tokens; the larger rank's RSS sampled every 2 s, the maximum per sixth
+of the run; 2026-12-06, this 2-core machine; the two rows marked * back to back, the others earlier
+the same afternoon):
 
-======================================  ==========  ===================================
-glibc setting                           step        RSS over ~30 steps (GB)
-======================================  ==========  ===================================
-default                                 8.4 s       4.7 5.9 6.5 6.9 7.2 7.5 (11.1 GB at
-                                                    step 408: OOM-killed on 24 GB)
-``malloc_trim(0)`` every 10 steps       7.9 s       4.7 5.9 6.4 6.6 7.3 7.3
-``malloc_trim(0)`` every step           9.5 s       5.1 5.6 5.8 5.9 6.0 6.2
-mmap threshold fixed at 4 MiB           7.9 s       4.8 5.3 5.6 6.1 6.2 (20 steps)
-mmap threshold fixed at 128 KiB         12.9 s      4.3 4.6 4.6 4.6 4.6 (flat)
-``MALLOC_ARENA_MAX=1``                  12.7 s      4.4 5.2 5.5 5.9 6.1 (20 steps)
-======================================  ==========  ===================================
+==============================================  =========  =====================================
+allocator setting                               step       RSS over ~30 steps (GB)
+==============================================  =========  =====================================
+glibc, default *                                8.2 s      4.8 4.1 4.6 5.2 5.6 6.0 (10 steps);
+                                                           earlier: 4.7 5.9 6.5 6.9 7.2 7.5, and
+                                                           11.1 GB at step 408: OOM-killed
+glibc, ``malloc_trim(0)`` every 10 steps        7.9 s      4.7 5.9 6.4 6.6 7.3 7.3
+glibc, ``malloc_trim(0)`` every step            9.5 s      5.1 5.6 5.8 5.9 6.0 6.2; in a whole
+                                                           demo-long run 10-14 s, 6.4-7.3 GB by
+                                                           step 240 (stopped: over 2 hours)
+glibc, mmap threshold fixed at 4 MiB            7.9 s      4.8 5.3 5.6 6.1 6.2 (20 steps)
+glibc, mmap threshold fixed at 128 KiB          12.9 s     4.3 4.6 4.6 4.6 4.6 (flat)
+glibc, ``MALLOC_ARENA_MAX=1``                   12.7 s     4.4 5.2 5.5 5.9 6.1 (20 steps)
+jemalloc 5.3, its defaults *                    9.6 s      3.8 4.4 4.6 4.9 4.8 4.9 (plateau)
+jemalloc, pages never purged                    6.9 s      4.0 5.2 7.4 8.7 10.8 14.9 (18 steps)
+jemalloc, one arena, never purged               7.5 s      3.8 4.4 5.1 5.8 6.7 (9 steps)
+==============================================  =========  =====================================
 
-So the default here is a trim after every step: the slowest growth at +13% step time on a CPU (the
-freed pages are faulted in again). On a GPU the activations are in the CUDA caching allocator and
-the host heap is small: the trim costs little there. ``host_rss_gb`` (at the end of the step, before
-the trim) and ``host_peak_rss_gb`` (the process's high-water mark) are logged every step, so a growth
-shows in TensorBoard before the kernel's OOM killer sees it.
+So training workers run on jemalloc with its defaults when it is installed
+(:mod:`nemo_nvembed.training.host_allocator`); the trim stays an option for glibc. On a GPU the
+activations are in the CUDA caching allocator and the host heap is small. ``host_rss_gb`` (at the
+end of the step) and ``host_peak_rss_gb`` (the process's high-water mark) are logged every step, so
+a growth shows in TensorBoard before the kernel's OOM killer sees it.
 """
 from __future__ import annotations
 
