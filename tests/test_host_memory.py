@@ -1,5 +1,5 @@
 """The host-memory callback (nemo_nvembed/training/host_memory.py): glibc's trim hands a fragmented
-heap's free pages back (what bounds a CPU rank's RSS, README "Host memory"), and the callback trims
+heap's free pages back (an option for glibc; README "When things go wrong"), and the callback trims
 on its schedule and logs host_rss_gb."""
 from __future__ import annotations
 

@@ -142,10 +142,11 @@ def run_pipeline(con: Console, dcfg, out: Path, overrides: list[str]) -> None:
                                                           if name in results2 else ""))
 
     # The workers' host allocator (training/host_allocator.py): jemalloc when installed, unless the config says glibc.
-    allocator = dcfg.get("host_allocator", "jemalloc")
-    if allocator not in ("jemalloc", "glibc"):
-        raise DemoFailed(f"the demo config: host_allocator: {allocator!r} is not 'jemalloc' or 'glibc'")
-    os.environ[host_allocator.ENV] = allocator
+    try:
+        os.environ[host_allocator.ENV] = host_allocator.check_choice(dcfg.get("host_allocator", "jemalloc"),
+                                                                     "the demo config's host_allocator")
+    except host_allocator.AllocatorChoiceError as e:
+        raise DemoFailed(str(e)) from None
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dcfg.processes),
                 "-m", "nemo_nvembed.train"]
     curves = []
