@@ -13,8 +13,9 @@ pid, same arguments and environment) with ``LD_PRELOAD`` naming it. So every lau
 srun, ``--nproc-per-node``) gets it. ``NVEMBED_HOST_ALLOCATOR=glibc`` keeps glibc's malloc (the
 demo's ``host_allocator`` key sets it). jemalloc runs with its own defaults (``MALLOC_CONF``, if set,
 is the user's): it purges freed pages after 10 s (9.6 s vs glibc's 8.2 s per demo-long step in 30 steps
-back to back, 7.7 s over 171 steps of a later whole run: the cost is unsettled); never purging was
-faster but grew without bound.
+back to back; but 6.9 s over all 450 stage-1 steps of a whole fresh ``make demo-long`` at 8f52133, where
+glibc's whole run at 804c5e1 took ~7-7.5 s: no cost seen over a whole run); never purging was faster but
+grew without bound.
 """
 from __future__ import annotations
 
