@@ -3,8 +3,10 @@
 Why: on a CPU run the activations live in the host heap, and packed chunks
 (``train.chunking.packed``) hold a different number of tokens every step. glibc's heap then grows
 step after step: a ``make demo-long`` rank went 4.7 -> 7.5 GB in 30 steps and was OOM-killed at
-11.1 GB on a 24 GB machine. jemalloc's size classes reuse the freed blocks: the same 30 steps plateau
-at ~4.9 GB (table in :mod:`nemo_nvembed.training.host_memory`, which also logs ``host_rss_gb``).
+11.1 GB on a 24 GB machine. On jemalloc the same 30 steps plateau at ~4.9 GB, and a whole demo-long's
+450 stay at 2.2-3.2 GB per rank at step end (table in :mod:`nemo_nvembed.training.host_memory`, which also
+logs ``host_rss_gb``). The price is page faults: jemalloc hands freed pages back and faults them in
+again, ~8x glibc's faults and ~5x its system time over 20 steps (README, demo-long "In one piece").
 
 ``python -m nemo_nvembed.train`` calls :func:`reexec_with_jemalloc` first, before any import that
 allocates: when ``libjemalloc.so.2`` is installed (Debian/Ubuntu: ``apt-get install libjemalloc2``;

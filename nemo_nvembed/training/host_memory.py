@@ -22,8 +22,8 @@ glibc, mmap threshold fixed at 4 MiB            7.9 s      4.8 5.3 5.6 6.1 6.2 (
 glibc, mmap threshold fixed at 128 KiB          12.9 s     4.3 4.6 4.6 4.6 4.6 (flat)
 glibc, ``MALLOC_ARENA_MAX=1``                   12.7 s     4.4 5.2 5.5 5.9 6.1 (20 steps)
 jemalloc 5.3, its defaults *                    9.6 s      3.8 4.4 4.6 4.9 4.8 4.9 (plateau); in a
-                                                7.7 s      fresh ``make demo-long``, steps 1-171:
-                                                           3.1-3.2 GB at step end, flat (4.9 max)
+                                                6.9 s      whole fresh ``make demo-long``, steps
+                                                           20-450: 2.2-3.2 GB at step end, flat
 jemalloc, pages never purged                    6.9 s      4.0 5.2 7.4 8.7 10.8 14.9 (18 steps)
 jemalloc, one arena, never purged               7.5 s      3.8 4.4 5.1 5.8 6.7 (9 steps)
 ==============================================  =========  =====================================
